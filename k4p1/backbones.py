@@ -1,0 +1,196 @@
+"""Backbones: a Keras functional feature extractor (image -> feature map) plus its preprocessing.
+
+Builders are registered by name; `build_backbone(spec)` dispatches on `spec.name`.
+
+Example:
+  spec = BackboneSpec(name="mobilenet_v2", alpha=0.35, input_size=96, weights="none")
+  backbone = build_backbone(spec)
+  backbone.model.output.shape   # (None, 3, 3, 1280)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable
+
+import keras
+import numpy as np
+
+from k4p1.config import BackboneSpec, ConfigError
+
+BACKBONE_BUILDERS: dict[str, Callable[[BackboneSpec], "Backbone"]] = {}
+
+
+def register_backbone(name: str):
+  def wrap(fn):
+    if name in BACKBONE_BUILDERS:
+      raise ValueError(f"Backbone '{name}' is registered twice.")
+    BACKBONE_BUILDERS[name] = fn
+    return fn
+  return wrap
+
+
+@dataclasses.dataclass
+class Backbone:
+  """A feature extractor and what a caller needs to feed it.
+
+  Attributes:
+    model: functional keras.Model, float image batch (already preprocessed) -> feature map.
+    input_size: square input resolution.
+    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': applied by `Preprocess`.
+    spec: the spec it was built from.
+  """
+  model: keras.Model
+  input_size: int
+  preprocessing: str
+  spec: BackboneSpec
+
+
+@keras.saving.register_keras_serializable(package="k4p1")
+class Preprocess(keras.layers.Layer):
+  """Maps float pixels in [0, 255] to what a backbone expects. No variables.
+
+  Example:
+    Preprocess("tf")(np.full((1, 2, 2, 3), 255.0))   # -> all 1.0
+  """
+
+  MODES = ("tf", "caffe", "torch", "none")
+
+  def __init__(self, mode: str = "tf", **kwargs):
+    super().__init__(**kwargs)
+    if mode not in self.MODES:
+      raise ValueError(f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}")
+    self.mode = mode
+
+  def call(self, x):
+    x = keras.ops.cast(x, "float32")
+    if self.mode == "tf":
+      return x / 127.5 - 1.0
+    if self.mode == "caffe":
+      x = x[..., ::-1]
+      return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68])
+    if self.mode == "torch":
+      x = x / 255.0
+      return (x - keras.ops.convert_to_tensor([0.485, 0.456, 0.406])) / \
+          keras.ops.convert_to_tensor([0.229, 0.224, 0.225])
+    return x
+
+  def get_config(self):
+    return {**super().get_config(), "mode": self.mode}
+
+
+def _resolve_weights(spec: BackboneSpec):
+  w = spec.weights
+  if w in ("none", "None", "", None, "random"):
+    return None
+  if w == "imagenet":
+    return "imagenet"
+  if not os.path.exists(w):
+    raise ConfigError(
+        f"Backbone weights file not found: {w!r}. Set backbone.weights to an existing .h5 / "
+        f".weights.h5 file, to 'imagenet' (downloads on a machine with internet, or reads "
+        f"$KERAS_HOME/models/), or to 'none' for random weights.")
+  return w
+
+
+def _application(cls, spec: BackboneSpec, default_size: int, **kwargs) -> keras.Model:
+  size = spec.input_size or default_size
+  weights = _resolve_weights(spec)
+  keras.utils.set_random_seed(spec.seed)
+  try:
+    return cls(input_shape=(size, size, 3), include_top=False, weights=weights, **kwargs)
+  except Exception as e:  # Keras raises several types for download and file problems.
+    if weights == "imagenet":
+      raise ConfigError(
+          f"Could not load ImageNet weights for {cls.__name__} ({type(e).__name__}: {e}). "
+          f"Without internet, place the Keras weights file under $KERAS_HOME/models/ "
+          f"(default ~/.keras/models/), or set backbone.weights=PATH or backbone.weights=none."
+      ) from e
+    if weights is not None:
+      raise ConfigError(
+          f"Could not load weights file {weights!r} into {cls.__name__} without its top "
+          f"({type(e).__name__}: {e}). The file must hold the include_top=False weights for "
+          f"alpha={spec.alpha}; for a full model use backbone.name=keras_file.") from e
+    raise
+
+
+@register_backbone("mobilenet_v2")
+def build_mobilenet_v2(spec: BackboneSpec) -> Backbone:
+  model = _application(keras.applications.MobileNetV2, spec, 224, alpha=spec.alpha)
+  return Backbone(model, model.input_shape[1], spec.preprocessing or "tf", spec)
+
+
+@register_backbone("inception_v3")
+def build_inception_v3(spec: BackboneSpec) -> Backbone:
+  model = _application(keras.applications.InceptionV3, spec, 299)
+  return Backbone(model, model.input_shape[1], spec.preprocessing or "tf", spec)
+
+
+_CAFFE = ("ResNet50", "ResNet101", "ResNet152", "VGG16", "VGG19")
+_TORCH = ("DenseNet121", "DenseNet169", "DenseNet201")
+_NONE = ("EfficientNet", "ConvNeXt", "ResNet50V2")  # include their own rescaling
+
+
+@register_backbone("keras_application")
+def build_keras_application(spec: BackboneSpec) -> Backbone:
+  cls = getattr(keras.applications, spec.application, None)
+  if cls is None or not callable(cls):
+    raise ConfigError(f"keras.applications has no model {spec.application!r}. "
+                      f"Examples: ResNet50, MobileNetV3Small, EfficientNetB0.")
+  model = _application(cls, spec, 224)
+  name = spec.application
+  default = ("caffe" if name in _CAFFE else "torch" if name in _TORCH
+             else "none" if name.startswith(_NONE) else "tf")
+  return Backbone(model, model.input_shape[1], spec.preprocessing or default, spec)
+
+
+@register_backbone("keras_file")
+def build_keras_file(spec: BackboneSpec) -> Backbone:
+  """A full Keras model file whose nested functional model (e.g. mobilenetv2_1.00_160) is used."""
+  if not os.path.exists(spec.model_file):
+    raise ConfigError(f"backbone.model_file not found: {spec.model_file!r}.")
+  outer = keras.models.load_model(spec.model_file, compile=False)
+  nested = [l for l in outer.layers if isinstance(l, keras.Model)]
+  if spec.nested_model:
+    nested = [l for l in nested if l.name == spec.nested_model]
+    if not nested:
+      names = [l.name for l in outer.layers if isinstance(l, keras.Model)]
+      raise ConfigError(f"{spec.model_file} has no nested model {spec.nested_model!r}. "
+                        f"Nested models: {names}")
+  if len(nested) != 1:
+    raise ConfigError(
+        f"{spec.model_file}: expected exactly one nested backbone model, found "
+        f"{[l.name for l in nested]}. Set backbone.nested_model to pick one.")
+  model = nested[0]
+  size = model.input_shape[1]
+  if spec.input_size and spec.input_size != size:
+    raise ConfigError(f"{spec.model_file}: its backbone takes {size}x{size} inputs; set "
+                      f"backbone.input_size={size} or 0. Received: input_size={spec.input_size}")
+  return Backbone(model, size, spec.preprocessing or "tf", spec)
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+  """Builds the backbone named by `spec.name` (see BACKBONE_BUILDERS)."""
+  if spec.name not in BACKBONE_BUILDERS:
+    raise ConfigError(f"Unknown backbone {spec.name!r}. Known: {sorted(BACKBONE_BUILDERS)}.")
+  return BACKBONE_BUILDERS[spec.name](spec)
+
+
+def architecture_fingerprint(model: keras.Model) -> str:
+  """A hash of layer classes, names and weight shapes: equal for the same architecture."""
+  h = hashlib.sha256()
+  for layer in model.layers:
+    h.update(f"{type(layer).__name__}:{layer.name}".encode())
+    for w in layer.weights:
+      h.update(f"{w.path}{tuple(w.shape)}".encode())
+  return h.hexdigest()[:16]
+
+
+def weights_fingerprint(variables) -> str:
+  """A hash of variable values (in the given order): equal only for identical weights."""
+  h = hashlib.sha256()
+  for v in variables:
+    h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+  return h.hexdigest()[:16]

@@ -1,0 +1,356 @@
+"""Per-task input pipelines: examples from tfds or local files -> preprocessed tf.data batches.
+
+Sources (DatasetSpec.source):
+  tfds             tensorflow-datasets by name; offline it fails at once unless data is prepared.
+  image_folder     ROOT/<split>/<label>/*.jpg|png (ImageFolder layout).
+  cifar10_tarball  the CIFAR-10 JPEG tarball (extracted once into $K4P1_CACHE_DIR).
+  fashion_mnist    the four Fashion-MNIST IDX .gz files in a folder.
+  digits           scikit-learn's bundled 8x8 digits (ships with the install; 75/25 split, seed 0).
+
+Local paths default to files under `$K4P1_DATA_DIR` (e.g. ../shared/data) when `path` is empty.
+Images leave the pipeline as float32 in [0, 255] at the backbone's resolution; the model's
+`Preprocess` layer maps them to the backbone's range, so exported signatures can take uint8.
+
+Example:
+  data = load_task_data(DatasetSpec(source="digits", classes=(0, 1, 2, 3, 4)), image_size=32)
+  ds = data.train_batches(batch_size=32, seed=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import shutil
+import tarfile
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from k4p1.config import DatasetSpec
+
+DATA_DIR_ENV = "K4P1_DATA_DIR"
+CACHE_DIR_ENV = "K4P1_CACHE_DIR"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+class DataError(ValueError):
+  """A dataset cannot be read; the message says what is missing and how to provide it."""
+
+
+@dataclasses.dataclass
+class Split:
+  """Unbatched (image uint8 HxWxC, label int32) examples and their count."""
+  dataset: tf.data.Dataset
+  size: int
+
+
+@dataclasses.dataclass
+class TaskData:
+  """A task's train and eval splits and how to batch them."""
+  spec: DatasetSpec
+  train: Split
+  eval: Split
+  num_classes: int
+  image_size: int
+  cache: bool = True
+  shuffle_buffer: int = 2048
+
+  def train_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled, augmented, repeated batches of `batch_size` (incomplete batches dropped)."""
+    ds = self.train.dataset
+    if self.cache:
+      ds = ds.cache()
+    ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed,
+                    reshuffle_each_iteration=True).repeat()
+    augment = self.spec.augment
+    size = self.image_size
+
+    def prepare(image, label):
+      return preprocess_train(image, size, augment, seed), label
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def eval_batches(self, batch_size: int) -> tf.data.Dataset:
+    central = self.spec.augment == "inception_crop"
+    size = self.image_size
+    ds = self.eval.dataset.map(lambda i, l: (preprocess_eval(i, size, central), l),
+                               num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing (the papers' MobileNet / Inception recipe).
+
+
+def _to_rgb_float(image):
+  image = tf.convert_to_tensor(image)
+  if image.shape.rank == 2:
+    image = image[..., None]
+  image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image),
+                  lambda: image) if image.shape[-1] is None else (
+                      tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image)
+  return tf.cast(image, tf.float32)
+
+
+def preprocess_train(image, size: int, augment: str, seed: int = 0):
+  """Random resized crop (Inception style, area 8%-100%) + flip, or flip only, or resize only."""
+  image = _to_rgb_float(image)
+  if augment == "inception_crop":
+    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+  image = tf.image.resize(image, (size, size), method="bilinear")
+  if augment in ("inception_crop", "flip"):
+    image = tf.image.random_flip_left_right(image)
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def preprocess_eval(image, size: int, central_crop: bool):
+  """Central 87.5% crop (for natural images) and bilinear resize."""
+  image = _to_rgb_float(image)
+  if central_crop:
+    image = tf.image.central_crop(image, 0.875)
+  image = tf.image.resize(image, (size, size), method="bilinear")
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+# ---------------------------------------------------------------------------
+# Sources.
+
+
+def _default_path(spec: DatasetSpec, relative: str, what: str) -> str:
+  if spec.path:
+    path = spec.path
+  elif os.environ.get(DATA_DIR_ENV):
+    path = os.path.join(os.environ[DATA_DIR_ENV], relative)
+  else:
+    raise DataError(f"{what}: set the task's dataset.path, or ${DATA_DIR_ENV} to a folder "
+                    f"holding {relative}.")
+  if not os.path.exists(path):
+    raise DataError(f"{what}: {path!r} does not exist. Set dataset.path or ${DATA_DIR_ENV}.")
+  return path
+
+
+def _class_filter(labels: np.ndarray, classes: tuple[int, ...]):
+  """Returns (mask, new_labels) keeping `classes`, relabelled to 0..k-1 in the given order."""
+  if not classes:
+    return np.ones(len(labels), bool), labels.astype(np.int32)
+  mapping = {c: i for i, c in enumerate(classes)}
+  mask = np.isin(labels, classes)
+  return mask, np.array([mapping[int(l)] for l in labels[mask]], np.int32)
+
+
+def _from_arrays(images, labels, spec: DatasetSpec, limit: int) -> Split:
+  mask, labels = _class_filter(np.asarray(labels), spec.classes)
+  images = np.asarray(images)[mask]
+  if limit > 0:
+    images, labels = images[:limit], labels[:limit]
+  return Split(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels))
+
+
+def _digits(spec: DatasetSpec):
+  from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  order = np.random.RandomState(0).permutation(len(images))
+  cut = int(0.75 * len(images))
+  tr, te = order[:cut], order[cut:]
+  return ((images[tr], digits.target[tr]), (images[te], digits.target[te]), 10)
+
+
+def _read_idx(path: str) -> np.ndarray:
+  with gzip.open(path, "rb") as f:
+    data = f.read()
+  magic = int.from_bytes(data[0:4], "big")
+  ndim = magic & 0xFF
+  if magic >> 8 != 0x08:
+    raise DataError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x}).")
+  dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _fashion_mnist(spec: DatasetSpec):
+  root = _default_path(spec, "fashion_mnist", "fashion_mnist")
+  prefix = {"train": "train", "test": "t10k"}
+
+  def split(name):
+    if name not in prefix:
+      raise DataError(f"fashion_mnist has splits 'train' and 'test'. Received: {name!r}")
+    images = _read_idx(os.path.join(root, f"{prefix[name]}-images-idx3-ubyte.gz"))
+    labels = _read_idx(os.path.join(root, f"{prefix[name]}-labels-idx1-ubyte.gz"))
+    return images[..., None], labels
+
+  return split(spec.train_split), split(spec.eval_split), 10
+
+
+def _list_image_folder(root: str, split: str):
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise DataError(f"Image folder {root!r} has no split folder {split!r} "
+                    f"(expected {root}/{split}/<label>/*.jpg). Found: {sorted(os.listdir(root))}")
+  classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+  files, labels = [], []
+  for i, c in enumerate(classes):
+    for f in sorted(os.listdir(os.path.join(split_dir, c))):
+      if f.lower().endswith(IMAGE_EXTENSIONS):
+        files.append(os.path.join(split_dir, c, f))
+        labels.append(i)
+  if not files:
+    raise DataError(f"No images under {split_dir}/<label>/ (extensions {IMAGE_EXTENSIONS}).")
+  return classes, np.array(files), np.array(labels)
+
+
+def _image_folder_split(root, split, spec, limit, classes_expected=None) -> tuple[Split, list]:
+  classes, files, labels = _list_image_folder(root, split)
+  if classes_expected is not None and classes != classes_expected:
+    raise DataError(f"{root}: split {split!r} has classes {classes}, but the training split has "
+                    f"{classes_expected}.")
+  mask, labels = _class_filter(labels, spec.classes)
+  files = files[mask]
+  if limit > 0:
+    # A fixed, class-balanced-in-expectation subset: shuffle with seed 0, then take.
+    order = np.random.RandomState(0).permutation(len(files))[:limit]
+    files, labels = files[order], labels[order]
+
+  def decode(path, label):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return image, label
+
+  ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(
+      decode, num_parallel_calls=tf.data.AUTOTUNE)
+  return Split(ds, len(labels)), classes
+
+
+def _cache_dir() -> str:
+  return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "k4p1")
+
+
+def extract_tarball(tarball: str, name: str) -> str:
+  """Extracts `tarball` once into the cache (atomically: temp folder, then rename)."""
+  target = os.path.join(_cache_dir(), name)
+  if os.path.isdir(target):
+    return target
+  os.makedirs(_cache_dir(), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=_cache_dir())
+  try:
+    with tarfile.open(tarball) as tar:
+      tar.extractall(tmp, filter="data")
+    os.replace(tmp, target)
+  except FileExistsError:
+    shutil.rmtree(tmp, ignore_errors=True)   # another process won the race
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return target
+
+
+def _tfds(spec: DatasetSpec, data_dir: str, download: bool):
+  import tensorflow_datasets as tfds
+
+  def load(split):
+    try:
+      return tfds.load(spec.name, split=split, data_dir=data_dir or None, download=download,
+                       as_supervised=True, with_info=True)
+    except Exception as e:  # tfds raises AssertionError / DatasetNotFoundError offline
+      known = tfds.list_builders()
+      if spec.name not in known:
+        raise DataError(f"tensorflow-datasets has no dataset {spec.name!r}.") from e
+      where = data_dir or "~/tensorflow_datasets"
+      raise DataError(
+          f"tfds dataset {spec.name!r} (split {split!r}) is not prepared under {where} "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On a machine with internet, "
+          f"run with --config.data.download=True (or `tfds build {spec.name}`), then copy the "
+          f"data_dir here; or use a local source (image_folder, cifar10_tarball, fashion_mnist, "
+          f"digits).") from e
+
+  train, info = load(spec.train_split)
+  test, _ = load(spec.eval_split)
+  label = info.features["label"] if "label" in info.features else None
+  num_classes = label.num_classes if label is not None else None
+  return train, test, info, num_classes
+
+
+def _tfds_split(ds, split_name, info, spec: DatasetSpec, limit: int) -> Split:
+  if spec.classes:
+    table = np.full(max(spec.classes) + 1, -1, np.int32)
+    for i, c in enumerate(spec.classes):
+      table[c] = i
+    table = tf.constant(table)
+    ds = ds.filter(lambda x, y: tf.reduce_any(tf.equal(tf.cast(y, tf.int32), spec.classes)))
+    ds = ds.map(lambda x, y: (x, tf.gather(table, tf.cast(y, tf.int32))))
+    size = None
+  else:
+    ds = ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    try:
+      size = int(info.splits[split_name].num_examples)
+    except Exception:
+      size = None
+  if limit > 0:
+    ds = ds.take(limit)
+  if size is None or size == 0:
+    size = int(ds.reduce(0, lambda n, _: n + 1))
+  elif limit > 0:
+    size = min(size, limit)
+  return Split(ds, size)
+
+
+def num_classes_of(spec: DatasetSpec, data_dir: str = "") -> int:
+  """The task's class count without reading examples (for --mode=params)."""
+  if spec.classes:
+    return len(spec.classes)
+  if spec.source in ("digits", "fashion_mnist", "cifar10_tarball"):
+    return 10
+  if spec.source == "image_folder":
+    root = _default_path(spec, "", "image_folder")
+    return len(_list_image_folder(root, spec.train_split)[0])
+  import tensorflow_datasets as tfds
+  try:
+    info = tfds.builder(spec.name, data_dir=data_dir or None).info
+    return int(info.features["label"].num_classes)
+  except Exception as e:
+    raise DataError(f"Cannot tell how many classes tfds dataset {spec.name!r} has: {e}") from e
+
+
+def load_task_data(spec: DatasetSpec, image_size: int, data_dir: str = "",
+                   download: bool = False, cache: bool = True,
+                   shuffle_buffer: int = 2048) -> TaskData:
+  """Reads a task's train and eval splits (see module docstring).
+
+  Raises:
+    DataError: the data is missing or malformed; the message says how to provide it.
+  """
+  if spec.source in ("digits", "fashion_mnist"):
+    (xtr, ytr), (xte, yte), n = (_digits if spec.source == "digits" else _fashion_mnist)(spec)
+    train = _from_arrays(xtr, ytr, spec, spec.train_examples)
+    test = _from_arrays(xte, yte, spec, spec.eval_examples)
+  elif spec.source in ("image_folder", "cifar10_tarball"):
+    if spec.source == "cifar10_tarball":
+      tarball = _default_path(spec, os.path.join("cifar10", "cifar10_jpeg.tar.gz"), "cifar10_tarball")
+      root = extract_tarball(tarball, "cifar10_jpeg")
+    else:
+      root = _default_path(spec, "", "image_folder")
+    train, classes = _image_folder_split(root, spec.train_split, spec, spec.train_examples)
+    test, _ = _image_folder_split(root, spec.eval_split, spec, spec.eval_examples, classes)
+    n = len(classes)
+  elif spec.source == "tfds":
+    tr, te, info, n = _tfds(spec, data_dir, download)
+    if n is None:
+      raise DataError(f"tfds dataset {spec.name!r} has no 'label' feature; k4p1 trains classifiers.")
+    train = _tfds_split(tr, spec.train_split, info, spec, spec.train_examples)
+    test = _tfds_split(te, spec.eval_split, info, spec, spec.eval_examples)
+  else:
+    raise DataError(f"Unknown dataset source {spec.source!r}.")
+  if spec.classes:
+    bad = [c for c in spec.classes if not 0 <= c < n]
+    if bad:
+      raise DataError(f"dataset.classes {bad} are outside 0..{n - 1}.")
+    n = len(spec.classes)
+  if train.size == 0:
+    raise DataError(f"The training split of {spec.source}:{spec.name or spec.path} is empty "
+                    f"after filtering (classes={spec.classes}).")
+  return TaskData(spec, train, test, n, image_size, cache, shuffle_buffer)

@@ -1,0 +1,218 @@
+"""Patch files (one task's parameters only) and the multi-task SavedModel.
+
+A patch file is an .npz holding one flat float32 buffer and a JSON record that indexes it by
+variable path (e.g. `block_1_depthwise_BN_flowers/gamma`: offset and shape), plus a record of the task (patch kinds, class count) and of the base it was trained on
+(architecture and weights fingerprints), so loading onto another base or with another class
+count fails with a clear error instead of silently giving wrong answers.
+
+The SavedModel has one signature per task plus `serving_default` (the first task). Each takes
+`images`: uint8 [batch, height, width, 3] at any size (resized inside), and returns
+`probabilities` (float32 [batch, classes]) and `classes` (int64 [batch], the arg max).
+
+Example:
+  save_patch(models, "flowers", "/tmp/flowers.k4p1.npz")
+  load_patch(other_models, "flowers", "/tmp/flowers.k4p1.npz")
+  export_saved_model(models, ["imagenet", "flowers"], "/tmp/export")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from k4p1.config import parse_patch, TaskSpec, DatasetSpec
+from k4p1.model import TaskModels
+
+PATCH_FORMAT = "k4p1-patch-v1"
+_META_KEY = "__k4p1_meta__"
+
+
+class PatchFileError(ValueError):
+  """A patch file does not fit the model it is loaded onto."""
+
+
+def _atomic_write_bytes(path: str, data: bytes):
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_text(path: str, text: str):
+  _atomic_write_bytes(path, text.encode())
+
+
+def patch_bytes(models: TaskModels, task: str) -> bytes:
+  """The patch file's content for `task`, in memory."""
+  t = models.tasks[task]
+  index, chunks, offset = {}, [], 0
+  for v in models.task_variables(task):
+    if v.path in index:
+      raise ValueError(f"Two variables of task {task!r} share the path {v.path!r}.")
+    value = np.asarray(keras.ops.convert_to_numpy(v), np.float32)
+    index[v.path] = {"offset": offset, "shape": list(value.shape)}
+    chunks.append(value.ravel())
+    offset += value.size
+  meta = {
+      "format": PATCH_FORMAT,
+      "task": task,
+      "num_classes": t.num_classes,
+      "patch": sorted(t.spec.patch.kinds),
+      "statistics": t.spec.patch.statistics,
+      "train_base": t.spec.patch.train_base,
+      "base": models.identity(),
+      "variables": index,
+  }
+  buf = io.BytesIO()
+  np.savez(buf, values=np.concatenate(chunks) if chunks else np.zeros(0, np.float32),
+           **{_META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+  return buf.getvalue()
+
+
+def save_patch(models: TaskModels, task: str, path: str) -> int:
+  """Writes `task`'s patch file (atomically). Returns its size in bytes."""
+  data = patch_bytes(models, task)
+  _atomic_write_bytes(path, data)
+  return len(data)
+
+
+def read_patch(path: str) -> tuple[dict, dict]:
+  """Returns (meta, {variable path: array}) of a patch file."""
+  if not os.path.exists(path):
+    raise PatchFileError(f"Patch file not found: {path!r}")
+  try:
+    with np.load(path) as f:
+      meta = json.loads(f[_META_KEY].tobytes().decode())
+      values = f["values"]
+    arrays = {key: values[entry["offset"]:entry["offset"] + int(np.prod(entry["shape"]))]
+                   .reshape(entry["shape"]) for key, entry in meta.pop("variables").items()}
+  except Exception as e:
+    raise PatchFileError(f"{path!r} is not a k4p1 patch file ({type(e).__name__}: {e}).") from e
+  if meta.get("format") != PATCH_FORMAT:
+    raise PatchFileError(f"{path!r} has format {meta.get('format')!r}; expected {PATCH_FORMAT!r}.")
+  return meta, arrays
+
+
+def load_patch(models: TaskModels, task: str, path: str, check_base_weights: bool = True):
+  """Loads a patch file onto `models.tasks[task]`; checks everything before writing anything.
+
+  Raises:
+    PatchFileError: wrong base architecture or weights, wrong class count, or missing /
+      unexpected / misshapen variables. Nothing is assigned in that case.
+  """
+  meta, arrays = read_patch(path)
+  if task not in models.tasks:
+    raise PatchFileError(f"No task {task!r} to load {path!r} onto. Tasks: {sorted(models.tasks)}")
+  t = models.tasks[task]
+  base = meta["base"]
+  here = models.identity()
+  if base["architecture"] != here["architecture"]:
+    raise PatchFileError(
+        f"{path!r} was trained on a different base architecture ({base['backbone']} alpha "
+        f"{base['alpha']} at {base['input_size']}px, fingerprint {base['architecture']}); this base "
+        f"is {here['backbone']} alpha {here['alpha']} at {here['input_size']}px "
+        f"({here['architecture']}). Build the base the patch was trained on.")
+  if check_base_weights and base["weights"] != here["weights"]:
+    raise PatchFileError(
+        f"{path!r} was trained on a base with other weights (fingerprint {base['weights']}, this "
+        f"base has {here['weights']}). Load the base checkpoint it was trained on, or pass "
+        f"check_base_weights=False if you really mean to apply it to these weights.")
+  if meta["num_classes"] != t.num_classes:
+    raise PatchFileError(f"{path!r} has a {meta['num_classes']}-class classifier; task {task!r} "
+                         f"has {t.num_classes} classes.")
+  if meta["task"] != task:
+    rename = {k.replace(f"_{meta['task']}/", f"_{task}/"): v for k, v in arrays.items()}
+    arrays = rename
+  variables = {v.path: v for v in models.task_variables(task)}
+  missing = sorted(set(variables) - set(arrays))
+  unexpected = sorted(set(arrays) - set(variables))
+  if missing or unexpected:
+    raise PatchFileError(
+        f"{path!r} (patch {meta['patch']}) does not match task {task!r} (patch "
+        f"{sorted(t.spec.patch.kinds)}): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}.")
+  for key, v in variables.items():
+    if tuple(v.shape) != arrays[key].shape:
+      raise PatchFileError(f"{path!r}: {key} has shape {arrays[key].shape}, the model "
+                           f"expects {tuple(v.shape)}.")
+  for key, v in variables.items():
+    v.assign(arrays[key])
+
+
+def add_task_from_patch(models: TaskModels, path: str, name: str = "",
+                        check_base_weights: bool = True):
+  """Builds a task model from a patch file's record and loads the file onto it."""
+  meta, _ = read_patch(path)
+  name = name or meta["task"]
+  patch = parse_patch(",".join(meta["patch"]), meta["statistics"], meta["train_base"])
+  spec = TaskSpec(name=name, dataset=DatasetSpec(source="none"), patch=patch)
+  models.add(spec, meta["num_classes"])
+  try:
+    load_patch(models, name, path, check_base_weights)
+  except BaseException:
+    del models.tasks[name]
+    raise
+  return models.tasks[name]
+
+
+def serving_function(models: TaskModels, task: str):
+  """tf.function: uint8 images (any size) -> {'probabilities', 'classes'} for `task`."""
+  model = models.tasks[task].model
+  size = models.backbone.input_size
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+  def serve(images):
+    x = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear")
+    probabilities = tf.nn.softmax(model(x, training=False), axis=-1)
+    return {"probabilities": probabilities,
+            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+  return serve
+
+
+def export_saved_model(models: TaskModels, tasks: list[str], path: str) -> str:
+  """Writes one SavedModel with a signature per task (first task = serving_default).
+
+  Written to a temporary folder beside `path`, then renamed into place.
+  """
+  if not tasks:
+    raise ValueError("export_saved_model needs at least one task.")
+  for t in tasks:
+    if t not in models.tasks:
+      raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
+                       f"Tasks: {sorted(models.tasks)}")
+  archive = keras.export.ExportArchive()
+  for t in tasks:
+    archive.track(models.tasks[t].model)
+  for t in tasks:
+    archive.add_endpoint(t, serving_function(models, t))
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+  try:
+    archive.write_out(tmp, verbose=False)
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
+      os.replace(path, os.path.join(old, "x"))
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path

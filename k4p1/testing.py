@@ -1,0 +1,64 @@
+"""Helpers for tests: tiny backbones and configs that run in seconds on a CPU.
+
+Example:
+  backbone = tiny_mobilenet_v2()
+  models = TaskModels(backbone)
+  models.add(tiny_task("a", "scale_bias,last_layer"), num_classes=3)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from k4p1.backbones import build_backbone
+from k4p1.config import (BackboneSpec, DatasetSpec, TaskSpec, base_config, dataset_config,
+                         parse_patch, task_config)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_mobilenet_v2(alpha=0.35, size=32, seed=0):
+  return build_backbone(BackboneSpec("mobilenet_v2", alpha=alpha, input_size=size,
+                                     weights="none", seed=seed))
+
+
+def calibrated_mobilenet_v2(alpha=0.35, size=32, seed=0, batches=4):
+  """A random MobileNetV2 whose BN statistics match its activations (like a trained base).
+
+  Random weights with the initial statistics (mean 0, variance 1) make activations vanish in
+  inference mode (~1e-12 at the logits), which hides every gradient below float32 resolution.
+  """
+  import keras
+  from k4p1.model import recompute_batch_statistics
+  backbone = tiny_mobilenet_v2(alpha, size, seed)
+  bns = [l for l in backbone.model.layers if isinstance(l, keras.layers.BatchNormalization)]
+  batches = [(random_images(16, size, seed=i) / 127.5 - 1, None) for i in range(batches)]
+  recompute_batch_statistics(backbone.model, bns, batches)
+  return backbone
+
+
+def tiny_task(name, patch, statistics="batch", train_base=False) -> TaskSpec:
+  return TaskSpec(name=name, dataset=DatasetSpec(source="digits"),
+                  patch=parse_patch(patch, statistics, train_base))
+
+
+def random_images(n=4, size=32, seed=0) -> np.ndarray:
+  return np.random.RandomState(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def tiny_config(source="digits", name="", steps=4, patch="scale_bias,last_layer"):
+  """Two tasks on a MobileNetV2 0.35 @32: a base-training task, then a patched one."""
+  c = base_config()
+  c.backbone.update(name="mobilenet_v2", alpha=0.35, input_size=32, weights="none")
+  c.train.update(batch_size=8, eval_batch_size=32, checkpoint_every=2, progress=False)
+  c.optimizer.lr = 0.01
+  ds_a = dataset_config(source=source, name=name, classes="0,1,2", augment="none",
+                        train_examples=64, eval_examples=32)
+  ds_b = dataset_config(source=source, name=name, classes="3,4,5", augment="flip",
+                        train_examples=64, eval_examples=32)
+  c.tasks.base = task_config(dataset=ds_a, patch="last_layer", train_base=True, steps=steps)
+  c.tasks.patched = task_config(dataset=ds_b, patch=patch, steps=steps)
+  c.task_order = "base,patched"
+  return c

@@ -1,0 +1,59 @@
+r"""k4p1 training binary: model patches for transfer and multi-task learning.
+
+With no flags it runs the embedded default (configs/digits.py): pretrain a small MobileNetV2 on
+digits 0-4 (scikit-learn's bundled digits), learn digits 5-9 with the last layer only and with a
+scale-and-bias patch + last layer, print the comparison, and export a two-task SavedModel.
+
+Usage:
+  python train.py --config=configs/mobilenet_v2_scale_bias.py --workdir=/tmp/run \
+      [--mode=train|eval|params|export] [--config.optimizer.lr=0.1] [--config.tasks.T.epochs=3]
+
+Modes:
+  train   train every unfinished task (resumes from the last checkpoint in --workdir), evaluate,
+          write metrics.json, patch files and a SavedModel.
+  eval    evaluate the last checkpoint.
+  params  print the parameter report only (no data, no weights needed).
+  export  export the SavedModel from the last checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_CONFIG = os.path.join(_HERE, "configs", "digits.py")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG,
+    "Experiment config file (configs/*.py); fields overridable as --config.a.b=value; "
+    "`--config=FILE:ARG` passes ARG to get_config (e.g. ':runlocal').", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, summaries, metrics, patch files and exports "
+    "(default: ./k4p1_runs/<config name>). Rerunning with the same folder resumes.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "params", "export"],
+                          "What to do (see the module docstring).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from k4p1 import trainer  # after flag parsing: importing TensorFlow is slow
+  from k4p1.config import ConfigError
+  from k4p1.data import DataError
+  from k4p1.export import PatchFileError
+  config_path = flags.FLAGS["config"].config_filename
+  workdir = _WORKDIR.value or os.path.join(
+      "k4p1_runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0])
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bar
+  try:
+    trainer.run(_CONFIG.value, workdir, _MODE.value)
+  except (ConfigError, DataError, PatchFileError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
