@@ -179,12 +179,16 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
 
 
 def architecture_fingerprint(model: keras.Model) -> str:
-  """A hash of layer classes, names and weight shapes: equal for the same architecture."""
+  """A hash of layer classes and weight shapes, in order: equal for the same architecture.
+
+  Names are left out on purpose: Keras numbers unnamed layers (InceptionV3's BN layers, input
+  layers) per process, so the same architecture can carry different names.
+  """
   h = hashlib.sha256()
   for layer in model.layers:
-    h.update(f"{type(layer).__name__}:{layer.name}".encode())
+    h.update(type(layer).__name__.encode())
     for w in layer.weights:
-      h.update(f"{w.path}{tuple(w.shape)}".encode())
+      h.update(f"{w.name}{tuple(w.shape)};".encode())
   return h.hexdigest()[:16]
 
 

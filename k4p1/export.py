@@ -1,7 +1,9 @@
 """Patch files (one task's parameters only) and the multi-task SavedModel.
 
 A patch file is an .npz holding one flat float32 buffer and a JSON record that indexes it by
-variable path (e.g. `block_1_depthwise_BN_flowers/gamma`: offset and shape), plus a record of the task (patch kinds, class count) and of the base it was trained on
+variable: its structural site (`base.12/gamma`: the base's 12th layer; see
+TaskModels.variable_sites), its variable path (e.g. `block_1_depthwise_BN_flowers/gamma`, for
+people), offset and shape. The record also holds of the task (patch kinds, class count) and of the base it was trained on
 (architecture and weights fingerprints), so loading onto another base or with another class
 count fails with a clear error instead of silently giving wrong answers.
 
@@ -60,11 +62,13 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
   """The patch file's content for `task`, in memory."""
   t = models.tasks[task]
   index, chunks, offset = {}, [], 0
+  sites = models.variable_sites(task)
   for v in models.task_variables(task):
-    if v.path in index:
-      raise ValueError(f"Two variables of task {task!r} share the path {v.path!r}.")
+    site = sites[id(v)]
+    if site in index:
+      raise ValueError(f"Two variables of task {task!r} share the site {site!r}.")
     value = np.asarray(keras.ops.convert_to_numpy(v), np.float32)
-    index[v.path] = {"offset": offset, "shape": list(value.shape)}
+    index[site] = {"path": v.path, "offset": offset, "shape": list(value.shape)}
     chunks.append(value.ravel())
     offset += value.size
   meta = {
@@ -134,10 +138,8 @@ def load_patch(models: TaskModels, task: str, path: str, check_base_weights: boo
   if meta["num_classes"] != t.num_classes:
     raise PatchFileError(f"{path!r} has a {meta['num_classes']}-class classifier; task {task!r} "
                          f"has {t.num_classes} classes.")
-  if meta["task"] != task:
-    rename = {k.replace(f"_{meta['task']}/", f"_{task}/"): v for k, v in arrays.items()}
-    arrays = rename
-  variables = {v.path: v for v in models.task_variables(task)}
+  sites = models.variable_sites(task)
+  variables = {sites[id(v)]: v for v in models.task_variables(task)}
   missing = sorted(set(variables) - set(arrays))
   unexpected = sorted(set(arrays) - set(variables))
   if missing or unexpected:

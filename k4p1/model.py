@@ -150,6 +150,35 @@ class TaskModels:
     shared = {id(v) for v in self.shared_variables()}
     return [v for v in _unique(self.tasks[name].model.variables) if id(v) not in shared]
 
+  def variable_sites(self, name: str) -> dict:
+    """{id(variable): site} for task `name`'s own variables.
+
+    A site names a variable by structure, not by layer name: `base.<i>/<var>` for a patch of
+    the base's i-th layer, `copy.<i>/<var>` for a private copy of it, `head/<var>` for the
+    classifier. Keras numbers unnamed layers per process, so names alone are not stable.
+    """
+    task = self.tasks[name]
+    index = {id(layer): i for i, layer in enumerate(self.base.layers)}
+    own = {id(v) for v in self.task_variables(name)}
+    sites = {}
+
+    def claim(prefix, layer):
+      for v in layer.weights:
+        if id(v) in own and id(v) not in sites:
+          sites[id(v)] = f"{prefix}/{v.name}"
+
+    for v in task.head.weights:
+      sites[id(v)] = f"head/{v.name}"
+    for patch_layer, base_layer in task.patched.patch_layers:
+      claim(f"base.{index[id(base_layer)]}", patch_layer)
+    if task.patched.private_copy:
+      for i, layer in enumerate(task.patched.model.layers):
+        claim(f"copy.{i}", layer)
+    missing = own - set(sites)
+    if missing:
+      raise ValueError(f"Task {name!r}: {len(missing)} task variables have no known site.")
+    return sites
+
   def identity(self) -> dict:
     """What a patch file records about the base, to refuse loading onto another base."""
     spec = self.backbone.spec
