@@ -48,15 +48,16 @@ def random_images(n=4, size=32, seed=0) -> np.ndarray:
   return np.random.RandomState(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
 
 
-def tiny_config(source="digits", name="", steps=4, patch="scale_bias,last_layer"):
+def tiny_config(source="digits", name="", steps=4, patch="scale_bias,last_layer",
+                classes=("0,1,2", "3,4,5")):
   """Two tasks on a MobileNetV2 0.35 @32: a base-training task, then a patched one."""
   c = base_config()
   c.backbone.update(name="mobilenet_v2", alpha=0.35, input_size=32, weights="none")
   c.train.update(batch_size=8, eval_batch_size=32, checkpoint_every=2, progress=False)
   c.optimizer.lr = 0.01
-  ds_a = dataset_config(source=source, name=name, classes="0,1,2", augment="none",
+  ds_a = dataset_config(source=source, name=name, classes=classes[0], augment="none",
                         train_examples=64, eval_examples=32)
-  ds_b = dataset_config(source=source, name=name, classes="3,4,5", augment="flip",
+  ds_b = dataset_config(source=source, name=name, classes=classes[1], augment="flip",
                         train_examples=64, eval_examples=32)
   c.tasks.base = task_config(dataset=ds_a, patch="last_layer", train_base=True, steps=steps)
   c.tasks.patched = task_config(dataset=ds_b, patch=patch, steps=steps)

@@ -317,31 +317,32 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   """Runs `mode` (see module docstring) and returns what it wrote to its JSON file."""
   if mode not in MODES:
     raise config_lib.ConfigError(f"Unknown mode {mode!r}. Modes: {', '.join(MODES)}")
-  config_lib.validate(config)  # fail on a bad config before touching the workdir
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   if mode == "params":
     if config.backbone.name != "keras_file" and config.backbone.weights != "none":
       config = config.copy_and_resolve_references()
       with config.unlocked():
         config.backbone.weights = "none"  # counts depend on the architecture only
-    trainer = Trainer(config, workdir, with_data=False)
+  # Everything that can fail on bad input (config, weights, data) happens before the workdir
+  # is created, so a failed start leaves nothing behind.
+  trainer = Trainer(config, workdir, with_data=mode in ("train", "eval"))
+  if mode in ("eval", "export"):
+    trainer.restore(require=True)
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  if mode == "params":
     sizes = {n: len(export_lib.patch_bytes(trainer.models, n)) for n in trainer.models.tasks}
     rows = report_lib.parameter_report(trainer.models, sizes)
     print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
     _write_json(os.path.join(workdir, "params.json"), rows)
     return {"tasks": rows}
   if mode == "export":
-    trainer = Trainer(config, workdir, with_data=False)
-    trainer.restore(require=True)
     path = trainer.export()
     print(f"Exported {path}", flush=True)
     return {"saved_model": path}
 
-  trainer = Trainer(config, workdir, with_data=True)
-  trainer.restore(require=(mode == "eval"))
   train_stats = {}
   if mode == "train":
+    trainer.restore()
     for task in trainer.spec.tasks:
       train_stats[task.name] = trainer.train_task(task.name)
   sizes = trainer.save_patches() if trainer.is_chief else {}

@@ -1,0 +1,88 @@
+"""Every config under configs/ loads and validates; bad fields fail clearly."""
+
+import glob
+import importlib.util
+import os
+
+import tensorflow as tf
+from absl.testing import parameterized
+
+from k4p1 import config as config_lib
+from k4p1.testing import REPO_ROOT, tiny_config
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_there_are_configs(self):
+    self.assertGreaterEqual(len(CONFIG_FILES), 5)
+
+  @parameterized.parameters(*CONFIG_FILES)
+  def test_config_validates(self, path):
+    config = _load(path)
+    if config.backbone.name == "keras_file" and not config.backbone.model_file:
+      with config.unlocked():
+        config.backbone.model_file = "/some/model.h5"
+    spec = config_lib.validate(config)
+    self.assertNotEmpty(spec.tasks)
+    for task in spec.tasks:
+      self.assertNotEmpty(task.patch.kinds | ({"base"} if task.patch.train_base else set()))
+
+
+class ValidationTest(tf.test.TestCase):
+
+  def test_locked_config_rejects_typos(self):
+    config = tiny_config()
+    config.lock()
+    with self.assertRaisesRegex(AttributeError, "lrr"):
+      config.optimizer.lrr = 0.1
+
+  def test_unknown_backbone(self):
+    config = tiny_config()
+    config.backbone.name = "mobilenet_v3"
+    with self.assertRaisesRegex(config_lib.ConfigError, "Unknown backbone 'mobilenet_v3'.*Did "
+                                "you mean 'mobilenet_v2'"):
+      config_lib.validate(config)
+
+  def test_unknown_patch_kind_names_the_task(self):
+    config = tiny_config()
+    config.tasks.patched.patch = "scale_bias,dw"
+    with self.assertRaisesRegex(config_lib.ConfigError, r"Unknown patch kind 'dw' in "
+                                r"tasks.patched.patch"):
+      config_lib.validate(config)
+
+  def test_task_order_must_name_known_tasks(self):
+    config = tiny_config()
+    config.task_order = "base,patchd"
+    with self.assertRaisesRegex(config_lib.ConfigError, "Did you mean 'patched'"):
+      config_lib.validate(config)
+
+  def test_bad_classes(self):
+    config = tiny_config()
+    config.tasks.base.dataset.classes = "0,one"
+    with self.assertRaisesRegex(config_lib.ConfigError, "comma-separated integers"):
+      config_lib.validate(config)
+
+  def test_export_tasks_must_exist(self):
+    config = tiny_config()
+    config.export.tasks = "base,cars"
+    with self.assertRaisesRegex(config_lib.ConfigError, "export.tasks names 'cars'"):
+      config_lib.validate(config)
+
+  def test_task_order(self):
+    config = tiny_config()
+    self.assertEqual(config_lib.task_order(config), ["base", "patched"])
+    config.task_order = ""
+    self.assertEqual(config_lib.task_order(config), ["base", "patched"])
+
+
+if __name__ == "__main__":
+  tf.test.main()

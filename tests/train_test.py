@@ -1,0 +1,143 @@
+"""train.py end to end: tfds mock data, the embedded default, resume, modes, and bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from tensorflow.python.saved_model import loader_impl
+
+from k4p1 import trainer
+from k4p1.testing import REPO_ROOT, tiny_config
+
+TRAIN = os.path.join(REPO_ROOT, "train.py")
+DIGITS = os.path.join(REPO_ROOT, "configs", "digits.py")
+
+
+def _run(args, timeout=600):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def _signatures(path):
+  return set(loader_impl.parse_saved_model(path).meta_graphs[0].signature_def)
+
+
+class InProcessTest(tf.test.TestCase):
+
+  def test_tiny_config_on_tfds_mock_data(self):
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, True)
+    config = tiny_config(source="tfds", name="cifar100", steps=3, classes=("", ""))
+    with tfds.testing.mock_data(num_examples=40):
+      result = trainer.run(config, workdir, "train")
+    rows = {r["task"]: r for r in result["tasks"]}
+    self.assertEqual(set(rows), {"base", "patched"})
+    for row in rows.values():
+      self.assertEqual(row["steps_done"], 3)
+      self.assertBetween(row["accuracy"], 0.0, 1.0)
+      self.assertEqual(row["num_classes"], 100)
+      self.assertTrue(os.path.exists(os.path.join(workdir, "patches", f"{row['task']}.k4p1.npz")))
+    self.assertEqual(rows["patched"]["components"]["scale_bias"]["learned"],
+                     rows["patched"]["components"]["scale_bias"]["fixed"])
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      self.assertEqual(json.load(f)["tasks"][1]["task"], "patched")
+    self.assertEqual(_signatures(os.path.join(workdir, "saved_model")),
+                     {"base", "patched", "serving_default", "__saved_model_init_op"})
+    self.assertTrue(os.listdir(os.path.join(workdir, "tensorboard", "patched")))
+
+
+class BinaryTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = os.path.join(tempfile.mkdtemp(), "run")
+    self.addCleanup(shutil.rmtree, os.path.dirname(self.workdir), True)
+
+  def test_embedded_default_smoke_then_every_mode(self):
+    out = _run([f"--config={DIGITS}:smoke", f"--workdir={self.workdir}"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn("digits_5_9_scale_bias", out.stdout)
+    self.assertIn("accuracy", out.stdout)
+    self.assertEqual(_signatures(os.path.join(self.workdir, "saved_model")) - {
+        "__saved_model_init_op"}, {"digits_0_4", "digits_5_9_scale_bias", "serving_default"})
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      metrics = json.load(f)
+    self.assertEqual([r["steps_done"] for r in metrics["tasks"]], [3, 3, 3])
+
+    out = _run([f"--config={DIGITS}:smoke", f"--workdir={self.workdir}", "--mode=eval"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      again = json.load(f)
+    self.assertEqual(again["mode"], "eval")
+    for a, b in zip(metrics["tasks"], again["tasks"]):
+      self.assertAlmostEqual(a["accuracy"], b["accuracy"], places=6)
+
+    shutil.rmtree(os.path.join(self.workdir, "saved_model"))
+    out = _run([f"--config={DIGITS}:smoke", f"--workdir={self.workdir}", "--mode=export"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn("digits_0_4", _signatures(os.path.join(self.workdir, "saved_model")))
+
+    out = _run([f"--config={DIGITS}", f"--workdir={self.workdir}", "--mode=params"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn("scale_bias", out.stdout)
+    self.assertIn("trainable: 20,485", out.stdout)  # 14,080 S/B + 6,405 classifier (0.35 @32)
+
+  def test_resume_after_kill(self):
+    args = [f"--config={DIGITS}:smoke", f"--workdir={self.workdir}",
+            "--config.tasks.digits_0_4.steps=300", "--config.train.checkpoint_every=10",
+            "--config.train.bn_recompute_batches=2", "--config.export.enabled=False"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = os.path.join(self.workdir, "checkpoints", "checkpoint")
+    deadline = time.time() + 300
+    while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    self.assertTrue(os.path.exists(state), "no checkpoint was written before the deadline")
+    out = _run(args)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    resumed = [l for l in out.stdout.splitlines() if l.startswith("Resuming task digits_0_4")]
+    self.assertLen(resumed, 1, out.stdout)
+    step = int(resumed[0].split("at step ")[1].split("/")[0])
+    self.assertBetween(step, 10, 290)
+    self.assertEqual(step % 10, 0)
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      self.assertEqual([r["steps_done"] for r in json.load(f)["tasks"]], [300, 3, 3])
+
+  def _assert_clean_failure(self, out, pattern):
+    self.assertNotEqual(out.returncode, 0)
+    self.assertRegex(out.stderr, pattern)
+    self.assertNotIn("Traceback", out.stderr)
+    self.assertFalse(os.path.exists(self.workdir), "a failed start left a workdir behind")
+
+  def test_bad_input_is_a_clear_error_and_writes_nothing(self):
+    base = [f"--config={DIGITS}:smoke", f"--workdir={self.workdir}"]
+    out = _run(base + ["--config.optimizer.lrr=0.1"])
+    self.assertNotEqual(out.returncode, 0)
+    self.assertIn("lrr", out.stderr)
+    self.assertFalse(os.path.exists(self.workdir))
+    self._assert_clean_failure(_run(base + ["--config.tasks.digits_0_4.patch=sb,last_layer"]),
+                               "Unknown patch kind 'sb'")
+    self._assert_clean_failure(_run(base + ["--config.backbone.weights=/nonexistent/w.h5"]),
+                               "weights file not found")
+    start = time.time()
+    self._assert_clean_failure(_run(base + [
+        "--config.tasks.digits_0_4.dataset.source=tfds",
+        "--config.tasks.digits_0_4.dataset.name=cifar100",
+        f"--config.data.data_dir={tempfile.mkdtemp()}"]), "not prepared")
+    self.assertLess(time.time() - start, 60)
+    self._assert_clean_failure(_run(base + ["--mode=eval"]), "No checkpoint")
+
+
+if __name__ == "__main__":
+  tf.test.main()
