@@ -30,6 +30,7 @@ def get_config(arg=None):
   c.task_order = "digits_0_4,digits_5_9_last_layer,digits_5_9_scale_bias"
   c.export.tasks = "digits_0_4,digits_5_9_scale_bias"
   if arg == "smoke":
+    c.train.bn_recompute_batches = 4
     for t in c.tasks.values():
       t.epochs = 0.0
       t.steps = 3

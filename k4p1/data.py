@@ -67,10 +67,14 @@ class TaskData:
     augment = self.spec.augment
     size = self.image_size
 
-    def prepare(image, label):
-      return preprocess_train(image, size, augment, seed), label
+    def prepare(index, example):
+      image, label = example
+      # Stateless ops seeded by (seed, example index): the same run gives the same batches in
+      # any process and under any strategy.
+      op_seed = tf.stack([tf.cast(seed, tf.int64), index])
+      return preprocess_train(image, size, augment, op_seed), label
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def eval_batches(self, batch_size: int) -> tf.data.Dataset:
@@ -95,18 +99,23 @@ def _to_rgb_float(image):
   return tf.cast(image, tf.float32)
 
 
-def preprocess_train(image, size: int, augment: str, seed: int = 0):
-  """Random resized crop (Inception style, area 8%-100%) + flip, or flip only, or resize only."""
+def preprocess_train(image, size: int, augment: str, seed):
+  """Random resized crop (Inception style, area 8%-100%) + flip, or flip only, or resize only.
+
+  Args:
+    seed: int64 shape-[2] seed of the stateless random ops (deterministic augmentation).
+  """
   image = _to_rgb_float(image)
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
   if augment == "inception_crop":
-    begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
         min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, crop_size)
   image = tf.image.resize(image, (size, size), method="bilinear")
   if augment in ("inception_crop", "flip"):
-    image = tf.image.random_flip_left_right(image)
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
   return tf.clip_by_value(image, 0.0, 255.0)
 
 

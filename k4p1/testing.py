@@ -53,7 +53,8 @@ def tiny_config(source="digits", name="", steps=4, patch="scale_bias,last_layer"
   """Two tasks on a MobileNetV2 0.35 @32: a base-training task, then a patched one."""
   c = base_config()
   c.backbone.update(name="mobilenet_v2", alpha=0.35, input_size=32, weights="none")
-  c.train.update(batch_size=8, eval_batch_size=32, checkpoint_every=2, progress=False)
+  c.train.update(batch_size=8, eval_batch_size=32, checkpoint_every=2, progress=False,
+                 bn_recompute_batches=4)
   c.optimizer.lr = 0.01
   ds_a = dataset_config(source=source, name=name, classes=classes[0], augment="none",
                         train_examples=64, eval_examples=32)
