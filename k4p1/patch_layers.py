@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 class TaskPatchMixin:
@@ -42,7 +43,46 @@ class TaskPatchMixin:
 
 
 @keras.saving.register_keras_serializable(package="k4p1")
-class ScaleBiasPatch(TaskPatchMixin, keras.layers.BatchNormalization):
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+  """keras BatchNormalization computed with TensorFlow's fused kernel where it applies.
+
+  Keras 3 builds BN from elementwise ops, so with batch statistics its backward pass makes
+  several passes over every activation; the fused kernel makes one (measured on 2 CPU cores,
+  32x112x112x96, forward + backward: 2.1x faster). With moving statistics the Keras ops are
+  kept: in MobileNetV2 training steps they measured faster than the fused kernel (18.7 vs 16.6
+  images/s, bench/train_throughput.py). Same semantics as Keras: moving statistics updated with
+  `momentum`, moving variance from the biased batch variance. Falls back to Keras for masks,
+  other ranks or axes, float16, or tiny epsilon.
+
+  k4p1 uses it for every BN layer it creates (patches and the private copies of full
+  fine-tuning), so speed comparisons between regimes compare like with like.
+  """
+
+  def _fusable(self, inputs, training, mask) -> bool:
+    return (mask is None and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4 and self.axis in (-1, 3)
+            and self.compute_dtype == "float32" and self.epsilon >= 1.001e-5
+            and not getattr(self, "synchronized", False) and isinstance(training, (bool, type(None))))
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or not self._fusable(inputs, training, mask):
+      return super().call(inputs, training=training, mask=mask)
+    channels = self.moving_mean.shape[0]
+    gamma = self.gamma if self.scale else tf.ones((channels,), tf.float32)
+    beta = self.beta if self.center else tf.zeros((channels,), tf.float32)
+    x = tf.cast(inputs, tf.float32)
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, gamma, beta, epsilon=self.epsilon, is_training=True)
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    variance = variance * (n - 1.0) / tf.maximum(n, 2.0)  # the kernel's is unbiased
+    m = self.momentum
+    self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+    self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+    return y
+
+
+@keras.saving.register_keras_serializable(package="k4p1")
+class ScaleBiasPatch(TaskPatchMixin, FusedBatchNormalization):
   """A task's own BatchNormalization: the paper's scale-and-bias patch.
 
   Args:

@@ -20,7 +20,7 @@ import keras
 
 from k4p1.config import PatchSpec
 from k4p1.patch_layers import (PATCH_LAYER_TYPES, ChannelScaleBiasPatch, DepthwisePatch,
-                               ScaleBiasPatch)
+                               FusedBatchNormalization, ScaleBiasPatch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +115,8 @@ def patch_model(base: keras.Model, task: str, patch: PatchSpec) -> PatchedModel:
   if patch.has("full"):
     def copy_layer(layer):
       config = {**layer.get_config(), "name": f"{layer.name}_{task}"}
+      if type(layer) is keras.layers.BatchNormalization:  # same BN kernel as the patches
+        return FusedBatchNormalization.from_config(config)
       return layer.__class__.from_config(config)
     clone = keras.models.clone_model(base, clone_function=copy_layer)
     clone.set_weights(base.get_weights())

@@ -6,7 +6,8 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from k4p1.backbones import Preprocess
-from k4p1.patch_layers import ChannelScaleBiasPatch, DepthwisePatch, ScaleBiasPatch
+from k4p1.patch_layers import (ChannelScaleBiasPatch, DepthwisePatch, FusedBatchNormalization,
+                               ScaleBiasPatch)
 
 
 def _built_bn(channels=4, scale=True, seed=0):
@@ -97,8 +98,9 @@ class NumericsTest(tf.test.TestCase, parameterized.TestCase):
     expected = gamma * (x - mean) / np.sqrt(var + 1e-3) + beta
     self.assertAllClose(patch(x, training=True), expected, atol=1e-4)
     # The task's own moving statistics move towards the batch statistics (momentum 0.99).
-    old_mean = bn.moving_mean.numpy()
+    old_mean, old_var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
     self.assertAllClose(patch.moving_mean.numpy(), 0.99 * old_mean + 0.01 * mean, atol=1e-5)
+    self.assertAllClose(patch.moving_variance.numpy(), 0.99 * old_var + 0.01 * var, atol=1e-5)
     self.assertAllClose(bn.moving_mean.numpy(), old_mean)  # the base is untouched
 
   def test_frozen_statistics_mode_matches_numpy(self):
@@ -154,6 +156,34 @@ class NumericsTest(tf.test.TestCase, parameterized.TestCase):
     patch.bias.assign([1.0, 0.0, -3.0])
     w = base.kernel.numpy()
     self.assertAllClose(patch(x), (x @ w) * [2.0, -1.0, 0.5] + [1.0, 0.0, -3.0], atol=1e-5)
+
+  def test_fused_equals_keras_batch_normalization(self):
+    x = np.random.RandomState(11).normal(1.0, 2.0, size=(4, 6, 6, 5)).astype("float32")
+    for training in (False, True):
+      keras_bn = _built_bn(5, seed=3)
+      fused = FusedBatchNormalization.from_config(keras_bn.get_config())
+      fused.build(x.shape)
+      fused.set_weights(keras_bn.get_weights())
+      with tf.GradientTape(persistent=True) as tape:
+        y_keras = keras_bn(x, training=training)
+        y_fused = fused(x, training=training)
+        l_keras = tf.reduce_sum(y_keras * y_keras)
+        l_fused = tf.reduce_sum(y_fused * y_fused)
+      self.assertAllClose(y_fused, y_keras, atol=1e-5)
+      for a, b in zip(tape.gradient(l_fused, [fused.gamma, fused.beta]),
+                      tape.gradient(l_keras, [keras_bn.gamma, keras_bn.beta])):
+        self.assertAllClose(a, b, rtol=1e-4, atol=1e-3)
+      self.assertAllClose(fused.moving_mean, keras_bn.moving_mean, atol=1e-6)
+      self.assertAllClose(fused.moving_variance, keras_bn.moving_variance, atol=1e-6)
+    # Where the kernel does not apply (rank 2), it is exactly Keras.
+    x2 = x[:, 0, 0, :]
+    keras_bn = keras.layers.BatchNormalization()
+    fused = FusedBatchNormalization()
+    for layer in (keras_bn, fused):
+      layer.build(x2.shape)
+      layer.moving_variance.assign(np.full(5, 2.0, "float32"))
+    self.assertAllClose(fused(x2, training=True), keras_bn(x2, training=True), atol=1e-6)
+    self.assertAllClose(fused.moving_variance, keras_bn.moving_variance, atol=1e-6)
 
   def test_patch_needs_task(self):
     with self.assertRaisesRegex(ValueError, "needs a task name"):

@@ -1,0 +1,92 @@
+"""Backbones: every builder, local weights files, full model files, and clear errors."""
+
+import os
+import shutil
+import tempfile
+from unittest import mock
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from k4p1.backbones import build_backbone
+from k4p1.config import BackboneSpec, ConfigError
+from k4p1.testing import random_images
+
+SHARED_DATA = os.environ.get("K4P1_DATA_DIR", "")
+
+
+class BackbonesTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.dir, True)
+
+  def test_mobilenet_v2_any_alpha_and_size(self):
+    for alpha, size, channels in ((0.35, 32, 1280), (0.5, 64, 1280), (1.4, 48, 1792)):
+      b = build_backbone(BackboneSpec("mobilenet_v2", alpha=alpha, input_size=size,
+                                      weights="none"))
+      self.assertEqual(b.model.output.shape[1:], (size // 32, size // 32, channels))
+      self.assertEqual((b.input_size, b.preprocessing), (size, "tf"))
+
+  def test_inception_v3_and_generic_application(self):
+    b = build_backbone(BackboneSpec("inception_v3", input_size=75, weights="none"))
+    self.assertEqual(b.model.output.shape[-1], 2048)
+    r = build_backbone(BackboneSpec("keras_application", application="ResNet50", input_size=32,
+                                    weights="none"))
+    self.assertEqual(r.preprocessing, "caffe")
+    with self.assertRaisesRegex(ConfigError, "no model 'ResNet5'"):
+      build_backbone(BackboneSpec("keras_application", application="ResNet5", weights="none"))
+
+  def test_local_weights_file(self):
+    spec = BackboneSpec("mobilenet_v2", alpha=0.35, input_size=32, weights="none", seed=4)
+    source = build_backbone(spec).model
+    path = os.path.join(self.dir, "w.weights.h5")
+    source.save_weights(path)
+    loaded = build_backbone(BackboneSpec("mobilenet_v2", alpha=0.35, input_size=32,
+                                         weights=path, seed=9)).model
+    x = random_images(2) / 127.5 - 1
+    self.assertAllClose(loaded(x), source(x), atol=0)
+
+  def test_missing_weights_file(self):
+    with self.assertRaisesRegex(ConfigError, "weights file not found.*'none' for random"):
+      build_backbone(BackboneSpec("mobilenet_v2", weights="/nonexistent/w.h5"))
+
+  def test_imagenet_download_failure_is_explained(self):
+    with mock.patch("keras.src.utils.file_utils.get_file",
+                    side_effect=Exception("URL fetch failure")), \
+        mock.patch.dict(os.environ, {"KERAS_HOME": self.dir}):
+      with self.assertRaisesRegex(ConfigError, "Could not load ImageNet weights.*KERAS_HOME"):
+        build_backbone(BackboneSpec("mobilenet_v2", alpha=0.35, input_size=96,
+                                    weights="imagenet"))
+
+  def test_keras_file_uses_the_nested_backbone(self):
+    inner = build_backbone(BackboneSpec("mobilenet_v2", alpha=0.35, input_size=32,
+                                        weights="none", seed=2)).model
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    outer = keras.Model(inputs, keras.layers.Dense(3)(x))
+    path = os.path.join(self.dir, "full.keras")
+    outer.save(path)
+    b = build_backbone(BackboneSpec("keras_file", model_file=path, input_size=0))
+    self.assertEqual(b.model.name, inner.name)
+    self.assertEqual(b.input_size, 32)
+    x = random_images(2) / 127.5 - 1
+    self.assertAllClose(b.model(x), inner(x), atol=1e-6)
+    with self.assertRaisesRegex(ConfigError, "takes 32x32 inputs"):
+      build_backbone(BackboneSpec("keras_file", model_file=path, input_size=64))
+    with self.assertRaisesRegex(ConfigError, "no nested model 'resnet'"):
+      build_backbone(BackboneSpec("keras_file", model_file=path, nested_model="resnet"))
+
+  def test_shared_mobilenet_v2_dogs_file(self):
+    path = os.path.join(SHARED_DATA, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5")
+    if not os.path.exists(path):
+      self.skipTest("K4P1_DATA_DIR does not hold mobilenet_v2_1.0_160_dogs (the shared data)")
+    b = build_backbone(BackboneSpec("keras_file", model_file=path, input_size=0))
+    self.assertEqual((b.model.name, b.input_size), ("mobilenetv2_1.00_160", 160))
+    self.assertEqual(b.model.count_params(), 2_257_984)
+
+
+if __name__ == "__main__":
+  tf.test.main()

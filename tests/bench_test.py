@@ -1,0 +1,54 @@
+"""Benchmarks run in smoke mode and write well-formed results (speed is not asserted here)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import tensorflow as tf
+
+from k4p1.testing import REPO_ROOT
+
+
+class BenchSmokeTest(tf.test.TestCase):
+
+  def test_train_throughput_smoke(self):
+    out_path = os.path.join(tempfile.mkdtemp(), "throughput.json")
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "train_throughput.py"), "--smoke",
+         f"--out={out_path}"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(out_path) as f:
+      result = json.load(f)
+    regimes = [r["regime"] for r in result["results"]]
+    self.assertEqual(regimes, ["full_fine_tuning", "full_fine_tuning_stock_keras_bn",
+                               "scale_bias_batch_stats",
+                               "scale_bias_frozen_stats", "depthwise_last_layer",
+                               "last_layer_only"])
+    for r in result["results"]:
+      self.assertGreater(r["images_per_second"], 0)
+      self.assertAlmostEqual(r["ratio_to_full"],
+                             r["images_per_second"] / result["results"][0]["images_per_second"],
+                             delta=0.01)
+    self.assertTrue(result["smoke"])
+
+  def test_digits_transfer_smoke(self):
+    out_path = os.path.join(tempfile.mkdtemp(), "digits.json")
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "digits_transfer.py"), "--smoke",
+         f"--out={out_path}"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(out_path) as f:
+      result = json.load(f)
+    self.assertEqual(set(result["summary"]), {"digits_0_4", "digits_5_9_last_layer",
+                                              "digits_5_9_scale_bias"})
+    for s in result["summary"].values():
+      self.assertBetween(s["mean"], 0.0, 1.0)
+      self.assertLessEqual(s["min"], s["max"])
+
+
+if __name__ == "__main__":
+  tf.test.main()
