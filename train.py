@@ -28,7 +28,8 @@ _DEFAULT_CONFIG = os.path.join(_HERE, "configs", "digits.py")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG,
     "Experiment config file (configs/*.py); fields overridable as --config.a.b=value; "
-    "`--config=FILE:ARG` passes ARG to get_config (e.g. ':runlocal').", lock_config=True)
+    "`--config=FILE:ARG` passes ARG to get_config (e.g. configs/digits.py:smoke). "
+    "Every field is documented in k4p1/config.py.", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, summaries, metrics, patch files and exports "
     "(default: ./k4p1_runs/<config name>). Rerunning with the same folder resumes.")

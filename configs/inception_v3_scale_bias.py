@@ -7,14 +7,10 @@ Run:    python train.py --config=configs/inception_v3_scale_bias.py --workdir=/t
 Report: python train.py --config=configs/inception_v3_scale_bias.py --mode=params --workdir=/tmp/p
 """
 
-from k4p1.config import base_config, dataset_config, task_config
+from k4p1.config import transfer_config
 
 
 def get_config(arg=None):
-  c = base_config()
-  c.backbone.update(name="inception_v3", input_size=299, weights="imagenet")
+  c = transfer_config("scale_bias,last_layer", name="inception_v3", input_size=299)
   c.train.batch_size = 16
-  c.tasks.flowers = task_config(
-      dataset=dataset_config(source="tfds", name="oxford_flowers102"),
-      patch="scale_bias,last_layer", epochs=30)
   return c

@@ -1,21 +1,14 @@
 r"""Baseline: last layer only (the rest frozen).
 
-MobileNetV2 1.0 @224 (ImageNet weights) -> Oxford Flowers-102 (tfds), the paper's setup (section 5.2).
-The dataset name and size are overridable: --config.tasks.flowers.dataset.name=cifar100.
+MobileNetV2 1.0 @224 (ImageNet weights) -> Oxford Flowers-102 (tfds): the paper's section 5.2 setup.
+Other data: --config.tasks.flowers.dataset.name=cifar100.
 
 Run:    python train.py --config=configs/mobilenet_v2_last_layer.py --workdir=/tmp/mobilenet_v2_last_layer
 Report: python train.py --config=configs/mobilenet_v2_last_layer.py --mode=params --workdir=/tmp/k4p1_params
 """
 
-from k4p1.config import base_config, dataset_config, task_config
+from k4p1.config import transfer_config
 
 
 def get_config(arg=None):
-  c = base_config()
-  c.backbone.update(name="mobilenet_v2", alpha=1.0, input_size=224, weights="imagenet")
-  c.tasks.flowers = task_config(
-      dataset=dataset_config(source="tfds", name="oxford_flowers102", train_split="train",
-                             eval_split="test"),
-      patch="last_layer", statistics="batch", epochs=30, lr=0.045)
-
-  return c
+  return transfer_config('last_layer')

@@ -132,6 +132,31 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def transfer_config(patch: str, statistics: str = "batch", lr: float = 0.045,
+                    task: str = "flowers", dataset: str = "oxford_flowers102", epochs: float = 30,
+                    **backbone) -> ml_collections.ConfigDict:
+  """One transfer-learning task on a pretrained backbone: the paper's section 5.2 setup.
+
+  Args:
+    patch: the task's patch kinds, e.g. 'scale_bias,last_layer'.
+    statistics: 'batch' or 'frozen'.
+    lr: initial learning rate (patches want large rates, full fine-tuning small ones).
+    task, dataset, epochs: the task's name, tfds dataset and length.
+    **backbone: backbone fields (default MobileNetV2 1.0 @224 with ImageNet weights).
+
+  Example:
+    c = transfer_config("depthwise,last_layer")          # configs/mobilenet_v2_depthwise.py
+    c = transfer_config("scale_bias,last_layer", name="inception_v3", input_size=299)
+  """
+  c = base_config()
+  c.backbone.update({"name": "mobilenet_v2", "alpha": 1.0, "input_size": 224,
+                     "weights": "imagenet", **backbone})
+  c.tasks[task] = task_config(
+      dataset=dataset_config(source="tfds", name=dataset, train_split="train", eval_split="test"),
+      patch=patch, statistics=statistics, epochs=epochs, lr=lr)
+  return c
+
+
 # ---------------------------------------------------------------------------
 # Frozen specs: what the library consumes.
 

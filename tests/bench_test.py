@@ -13,15 +13,18 @@ from k4p1.testing import REPO_ROOT
 
 class BenchSmokeTest(tf.test.TestCase):
 
-  def test_train_throughput_smoke(self):
-    out_path = os.path.join(tempfile.mkdtemp(), "throughput.json")
+  def _run_smoke(self, script):
+    out_path = os.path.join(tempfile.mkdtemp(), "result.json")
     out = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench", "train_throughput.py"), "--smoke",
-         f"--out={out_path}"], capture_output=True, text=True, timeout=600,
+        [sys.executable, os.path.join(REPO_ROOT, "bench", script), "--smoke", f"--out={out_path}"],
+        capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     with open(out_path) as f:
-      result = json.load(f)
+      return json.load(f)
+
+  def test_train_throughput_smoke(self):
+    result = self._run_smoke("train_throughput.py")
     regimes = [r["regime"] for r in result["results"]]
     self.assertEqual(regimes, ["full_fine_tuning", "full_fine_tuning_stock_keras_bn",
                                "scale_bias_batch_stats",
@@ -35,14 +38,7 @@ class BenchSmokeTest(tf.test.TestCase):
     self.assertTrue(result["smoke"])
 
   def test_digits_transfer_smoke(self):
-    out_path = os.path.join(tempfile.mkdtemp(), "digits.json")
-    out = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench", "digits_transfer.py"), "--smoke",
-         f"--out={out_path}"], capture_output=True, text=True, timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
-    with open(out_path) as f:
-      result = json.load(f)
+    result = self._run_smoke("digits_transfer.py")
     self.assertEqual(set(result["summary"]), {"digits_0_4", "digits_5_9_last_layer",
                                               "digits_5_9_scale_bias"})
     for s in result["summary"].values():
