@@ -45,6 +45,18 @@ class BenchSmokeTest(tf.test.TestCase):
       self.assertBetween(s["mean"], 0.0, 1.0)
       self.assertLessEqual(s["min"], s["max"])
 
+  def test_folding_figure(self):
+    out_dir = tempfile.mkdtemp()
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "folding_figure.py"),
+         f"--out_dir={out_dir}"], capture_output=True, text=True, timeout=300)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(os.path.join(out_dir, "folding.json")) as f:
+      panels = json.load(f)["panels"]
+    self.assertEqual([p["components"] for p in panels], [4, 3, 2, 1])
+    with open(os.path.join(out_dir, "folding.png"), "rb") as f:
+      self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
 
 if __name__ == "__main__":
   tf.test.main()
