@@ -24,8 +24,8 @@ PATCH_KINDS = {
     "bn_stats": "per-task BN moving statistics only, recomputed, nothing learned (Table 6 baseline)",
     "depthwise": "per-task copy of every DepthwiseConv2D kernel (the paper's DW patch)",
     "channel_scale_bias": "explicit per-channel scale and bias after conv/dense layers with no BN after them",
-    "last_layer": "train the task's classifier (without it the classifier stays at its random init)",
     "full": "private copy of the whole backbone, all of it trained (full fine-tuning baseline)",
+    "last_layer": "train the task's classifier (without it the classifier stays at its random init)",
 }
 STATISTICS_MODES = ("batch", "frozen")
 BACKBONES = ("mobilenet_v2", "inception_v3", "keras_application", "keras_file")

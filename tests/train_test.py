@@ -114,6 +114,21 @@ class BinaryTest(tf.test.TestCase):
     with open(os.path.join(self.workdir, "metrics.json")) as f:
       self.assertEqual([r["steps_done"] for r in json.load(f)["tasks"]], [300, 3, 3])
 
+  def test_random_weights_config_smoke_on_real_cifar10(self):
+    data_dir = os.environ.get("K4P1_DATA_DIR", "")
+    if not os.path.exists(os.path.join(data_dir, "cifar10", "cifar10_jpeg.tar.gz")):
+      self.skipTest("K4P1_DATA_DIR does not hold cifar10/cifar10_jpeg.tar.gz (the shared data)")
+    config = os.path.join(REPO_ROOT, "configs", "random_weights_cifar10.py")
+    out = _run([f"--config={config}:smoke", f"--workdir={self.workdir}"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      rows = {r["task"]: r for r in json.load(f)["tasks"]}
+    self.assertEqual(list(rows), ["last_layer", "scale_bias_only", "scale_bias_last_layer",
+                                  "all_parameters"])
+    self.assertEqual(rows["scale_bias_only"]["trainable"], 14_080)  # S/B of MobileNetV2 0.35
+    for row in rows.values():
+      self.assertEqual((row["num_classes"], row["eval_examples"]), (10, 128))
+
   def _assert_clean_failure(self, out, pattern):
     self.assertNotEqual(out.returncode, 0)
     self.assertRegex(out.stderr, pattern)
