@@ -93,9 +93,8 @@ def _to_rgb_float(image):
   image = tf.convert_to_tensor(image)
   if image.shape.rank == 2:
     image = image[..., None]
-  image = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.image.grayscale_to_rgb(image),
-                  lambda: image) if image.shape[-1] is None else (
-                      tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image)
+  if image.shape[-1] == 1:  # grayscale sources (digits, Fashion-MNIST)
+    image = tf.image.grayscale_to_rgb(image)
   return tf.cast(image, tf.float32)
 
 

@@ -303,6 +303,10 @@ class Trainer:
         tf.summary.scalar("eval/loss", result["eval_loss"])
     return result
 
+  def patch_sizes(self) -> dict:
+    """Bytes each task's patch file has (computed in memory, nothing written)."""
+    return {n: len(export_lib.patch_bytes(self.models, n)) for n in self.models.tasks}
+
   def save_patches(self) -> dict:
     sizes = {}
     for name in self.models.tasks:
@@ -338,8 +342,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   if mode == "params":
-    sizes = {n: len(export_lib.patch_bytes(trainer.models, n)) for n in trainer.models.tasks}
-    rows = report_lib.parameter_report(trainer.models, sizes)
+    rows = report_lib.parameter_report(trainer.models, trainer.patch_sizes())
     print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
     _write_json(os.path.join(workdir, "params.json"), rows)
     return {"tasks": rows}
@@ -353,7 +356,10 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     trainer.restore()
     for task in trainer.spec.tasks:
       train_stats[task.name] = trainer.train_task(task.name)
-  sizes = trainer.save_patches() if trainer.is_chief else {}
+  if mode == "train" and trainer.is_chief:
+    sizes = trainer.save_patches()
+  else:  # eval: the patch files on disk are already these bytes
+    sizes = trainer.patch_sizes()
   rows = report_lib.parameter_report(trainer.models, sizes)
   for row in rows:
     row.update(trainer.evaluate(row["task"]))
