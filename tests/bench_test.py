@@ -57,6 +57,25 @@ class BenchSmokeTest(tf.test.TestCase):
     with open(os.path.join(out_dir, "folding.png"), "rb") as f:
       self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
+  def test_appendix_a_smoke(self):
+    out_dir = tempfile.mkdtemp()
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "bench", "appendix_a_2d.py"), "--smoke",
+         f"--out_dir={out_dir}"], capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    with open(os.path.join(out_dir, "appendix_a.json")) as f:
+      results = json.load(f)["results"]
+    regimes = {(r["start"], r["regime"]) for r in results}
+    self.assertLen(regimes, 13)  # 6 regimes x 2 starts + pretraining
+    by_regime = {(r["start"], r["regime"]): r for r in results}
+    # m = 2: hidden Dense biases 8+16+16+8 plus the embedding's 2, none of the logits.
+    self.assertEqual(by_regime[("pretrained", "biases")]["trained_parameters"], 50)
+    self.assertEqual(by_regime[("pretrained", "logits")]["trained_parameters"], 6)
+    for r in results:
+      self.assertBetween(r["balanced_accuracy"], 0.0, 1.0)
+    self.assertTrue(os.path.getsize(os.path.join(out_dir, "appendix_a_m2.png")) > 1000)
+
 
 if __name__ == "__main__":
   tf.test.main()
