@@ -1,6 +1,9 @@
 r"""Appendix A of K for the price of 1: which parameters can move a folded 2D embedding.
 
-For each embedding size m, pretrain the network of configs/appendix_a_2d.py on the two-disk
+Settings: configs/analysis/appendix_a_2d.py (configs/analysis/ holds experiment settings that are
+not train.py configs).
+
+For each embedding size m, pretrain the network of configs/analysis/appendix_a_2d.py on the two-disk
 layout, then fine-tune a copy on the one-disk layout training only: biases, scales, biases +
 scales, logits + biases + scales, logits, or everything. It does this from the pretrained state
 and from one random state, which is the same for every regime. It scores balanced accuracy
@@ -48,7 +51,7 @@ def main(argv):
   from k4p1.patching import patch_model
 
   spec = importlib.util.spec_from_file_location(
-      "appendix_a", os.path.join(ROOT, "configs", "appendix_a_2d.py"))
+      "appendix_a", os.path.join(ROOT, "configs", "analysis", "appendix_a_2d.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config("smoke" if _SMOKE.value else None)

@@ -10,7 +10,9 @@ from absl.testing import parameterized
 from k4p1 import config as config_lib
 from k4p1.testing import REPO_ROOT, tiny_config
 
+# configs/*.py are train.py configs; configs/analysis/ holds bench-script settings.
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "*.py")))
+ANALYSIS_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "analysis", "*.py")))
 
 
 def _load(path):
@@ -25,7 +27,7 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
   def test_there_are_configs(self):
     self.assertGreaterEqual(len(CONFIG_FILES), 5)
 
-  @parameterized.parameters(*CONFIG_FILES)
+  @parameterized.parameters(*[(path,) for path in CONFIG_FILES])
   def test_config_validates(self, path):
     config = _load(path)
     if config.backbone.name == "keras_file" and not config.backbone.model_file:
@@ -35,6 +37,12 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotEmpty(spec.tasks)
     for task in spec.tasks:
       self.assertNotEmpty(task.patch.kinds | ({"base"} if task.patch.train_base else set()))
+
+
+  @parameterized.parameters(*[(path,) for path in ANALYSIS_FILES])
+  def test_analysis_config_loads(self, path):
+    config = _load(path)
+    self.assertNotIn("backbone", config)  # not a train.py config: it belongs in configs/analysis/
 
 
 class ValidationTest(tf.test.TestCase):
