@@ -47,6 +47,7 @@ def main(argv):
   import numpy as np
   import tensorflow as tf
   from k4p1.config import parse_patch
+  from k4p1.export import atomic_write_text
   from k4p1.patch_layers import ChannelScaleBiasPatch
   from k4p1.patching import patch_model
 
@@ -137,9 +138,9 @@ def main(argv):
     figures[m] = panels
 
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  with open(os.path.join(_OUT_DIR.value, "appendix_a.json"), "w") as f:
-    json.dump({"experiment": "appendix_a_2d", "smoke": _SMOKE.value, "config": cfg.to_dict(),
-               "results": results}, f, indent=2, default=list)
+  atomic_write_text(os.path.join(_OUT_DIR.value, "appendix_a.json"), json.dumps(
+      {"experiment": "appendix_a_2d", "smoke": _SMOKE.value, "config": cfg.to_dict(),
+       "results": results}, indent=2, default=list))
 
   import matplotlib
   matplotlib.use("Agg")

@@ -36,6 +36,7 @@ def _config(smoke):
 def main(argv):
   del argv
   from k4p1 import trainer
+  from k4p1.export import atomic_write_text
   seeds = [0] if _SMOKE.value else [int(s) for s in _SEEDS.value.split(",")]
   runs = []
   for seed in seeds:
@@ -61,9 +62,7 @@ def main(argv):
   out = {"benchmark": "digits_transfer", "config": "configs/digits.py", "smoke": _SMOKE.value,
          "seeds": seeds, "summary": summary, "runs": runs}
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value + ".tmp", "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(_OUT.value + ".tmp", _OUT.value)
+  atomic_write_text(_OUT.value, json.dumps(out, indent=2))
   print(f"\n{'task':<26}{'mean':>8}{'min':>8}{'max':>8}   ({len(seeds)} seeds)")
   for task, s in summary.items():
     print(f"{task:<26}{100 * s['mean']:>7.2f}%{100 * s['min']:>7.2f}%{100 * s['max']:>7.2f}%")

@@ -28,6 +28,7 @@ def main(argv):
   import matplotlib.pyplot as plt
   import numpy as np
   from k4p1 import folding
+  from k4p1.export import atomic_write_text
 
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   x = np.linspace(-0.6, 1.4, 4001)
@@ -53,8 +54,8 @@ def main(argv):
   png = os.path.join(_OUT_DIR.value, "folding.png")
   fig.savefig(png + ".tmp.png", dpi=110)
   os.replace(png + ".tmp.png", png)
-  with open(os.path.join(_OUT_DIR.value, "folding.json"), "w") as fh:
-    json.dump({"figure": "folding", "band": [LO, HI], "panels": rows}, fh, indent=2)
+  atomic_write_text(os.path.join(_OUT_DIR.value, "folding.json"),
+                    json.dumps({"figure": "folding", "band": [LO, HI], "panels": rows}, indent=2))
   for r in rows:
     print(f"b0={r['b0']:+.3f}: {r['components']} components {r['preimage']}")
   print(f"wrote {png}")

@@ -55,6 +55,7 @@ def main(argv):
   import tensorflow as tf
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
+  from k4p1.export import atomic_write_text
   from k4p1.model import TaskModels
   from k4p1.trainer import make_train_step
   from k4p1.testing import tiny_task
@@ -115,10 +116,7 @@ def main(argv):
       "results": results,
   }
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(out, f, indent=2)
-  os.replace(tmp, _OUT.value)
+  atomic_write_text(_OUT.value, json.dumps(out, indent=2))
   print(f"\n{'regime':<34}{'images/s':>10}{'x full':>8}{'x stock full':>14}")
   for r in results:
     print(f"{r['regime']:<34}{r['images_per_second']:>10.1f}{r['ratio_to_full']:>8.2f}"
