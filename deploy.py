@@ -26,7 +26,6 @@ Examples:
 """
 
 import glob
-import json
 import os
 import sys
 
@@ -54,33 +53,18 @@ _VERSION = flags.DEFINE_integer("serving_version", 1, "TF Serving version folder
 FORMATS = ("saved_model", "serving", "tflite", "folded")
 
 
-def _load_config(path):
-  import importlib.util
-  file, _, arg = path.partition(":")
-  if not os.path.exists(file):
-    raise FileNotFoundError(f"--config file not found: {file!r}")
-  spec = importlib.util.spec_from_file_location("deploy_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def _sources():
   """(config, patch paths, base weights) from the flags."""
-  import ml_collections
+  from k4p1 import config as config_lib
   if bool(_WORKDIR.value) == bool(_CONFIG.value):
     raise ValueError("Pass exactly one of --workdir (a train.py run) or --config (with --patches).")
   if _WORKDIR.value:
-    path = os.path.join(_WORKDIR.value, "config.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: --workdir must be a train.py workdir.")
-    with open(path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = config_lib.from_json(os.path.join(_WORKDIR.value, "config.json"))
     patches = _PATCHES.value or [os.path.join(_WORKDIR.value, "patches", "*.k4p1.npz")]
     base = _BASE_WEIGHTS.value or os.path.join(_WORKDIR.value, "base.weights.h5")
     base = base if os.path.exists(base) or _BASE_WEIGHTS.value else ""
   else:
-    config = _load_config(_CONFIG.value)
+    config = config_lib.load(_CONFIG.value)
     patches, base = _PATCHES.value, _BASE_WEIGHTS.value
     if not patches:
       raise ValueError("--config needs --patches=FILE[,FILE...] (the tasks to deploy).")
@@ -98,20 +82,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from k4p1.config import ConfigError
-  from k4p1.data import DataError
-  from k4p1.export import DeployError, PatchFileError
+  from k4p1.errors import K4P1Error
   try:
     run()
-  except (ConfigError, DataError, DeployError, PatchFileError, FileNotFoundError,
-          ValueError) as e:
+  except (K4P1Error, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 def run():
-  from k4p1 import config as config_lib
-  from k4p1 import deploy, export, fold, mixed, serving
+  from k4p1 import deploy, experiment, export, fold, mixed, serving
   from k4p1.data import load_task_data
   from k4p1.export import DeployError
   unknown = sorted(set(_FORMATS.value) - set(FORMATS))
@@ -121,7 +101,7 @@ def run():
   if bad_q:
     raise ValueError(f"Unknown --quantization {bad_q}. Known: {', '.join(deploy.QUANTIZATIONS)}")
   config, patch_paths, base_weights = _sources()
-  spec = config_lib.validate(config)
+  spec = experiment.resolve(config)
   models = deploy.assemble(spec.backbone, patch_paths, base_weights)
   tasks = _TASKS.value or list(models.tasks)
   for t in tasks + _MIXED.value:

@@ -40,18 +40,16 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "params", "export"]
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from k4p1 import trainer  # after flag parsing: importing TensorFlow is slow
-  from k4p1.config import ConfigError
-  from k4p1.data import DataError
-  from k4p1.export import PatchFileError
+  from k4p1 import experiment  # after flag parsing: importing TensorFlow is slow
+  from k4p1.errors import K4P1Error
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(
       "k4p1_runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0])
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bar
   try:
-    trainer.run(_CONFIG.value, workdir, _MODE.value)
-  except (ConfigError, DataError, PatchFileError, FileNotFoundError) as e:
+    experiment.run(_CONFIG.value, workdir, _MODE.value)
+  except (K4P1Error, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

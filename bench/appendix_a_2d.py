@@ -14,12 +14,10 @@ Run:   python bench/appendix_a_2d.py --out_dir=docs
 Smoke: python bench/appendix_a_2d.py --smoke --out_dir=/tmp/appendix_a
 """
 
-import importlib.util
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -46,16 +44,13 @@ def main(argv):
   import keras
   import numpy as np
   import tensorflow as tf
-  from k4p1.config import parse_patch
   from k4p1.export import atomic_write_text
-  from k4p1.patch_layers import ChannelScaleBiasPatch
-  from k4p1.patching import patch_model
+  from k4p1.patches import parse_patch, patch_model
+  from k4p1.patches.channel_scale_bias import ChannelScaleBiasPatch
 
-  spec = importlib.util.spec_from_file_location(
-      "appendix_a", os.path.join(ROOT, "configs", "analysis", "appendix_a_2d.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config("smoke" if _SMOKE.value else None)
+  from k4p1 import config as config_lib
+  cfg = config_lib.load(os.path.join(ROOT, "configs", "analysis", "appendix_a_2d.py")
+                        + (":smoke" if _SMOKE.value else ""), lock=False)
 
   rng = np.random.RandomState(cfg.seed)
   train_x = rng.uniform(-1, 1, (cfg.train_points, 2)).astype("float32")

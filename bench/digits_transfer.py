@@ -8,14 +8,12 @@ Run (about 3 minutes per seed on 2 cores):
 Smoke: python bench/digits_transfer.py --smoke --out=/tmp/digits.json
 """
 
-import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -27,15 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(smoke):
-  spec = importlib.util.spec_from_file_location("digits", os.path.join(ROOT, "configs", "digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke" if smoke else None)
+  from k4p1 import config as config_lib
+  path = os.path.join(ROOT, "configs", "digits.py")
+  return config_lib.load(path + (":smoke" if smoke else ""), lock=False)
 
 
 def main(argv):
   del argv
-  from k4p1 import trainer
+  from k4p1 import experiment
   from k4p1.export import atomic_write_text
   seeds = [0] if _SMOKE.value else [int(s) for s in _SEEDS.value.split(",")]
   runs = []
@@ -47,7 +44,7 @@ def main(argv):
     config.export.enabled = False
     workdir = tempfile.mkdtemp()
     try:
-      result = trainer.run(config, workdir, "train")
+      result = experiment.run(config, workdir, "train")
     finally:
       shutil.rmtree(workdir, ignore_errors=True)
     runs.append({"seed": seed, "tasks": {r["task"]: {

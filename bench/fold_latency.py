@@ -14,14 +14,10 @@ Run (about 3 minutes on 2 cores):
 Smoke (CI): python bench/fold_latency.py --smoke --out=/tmp/fold_latency.json
 """
 
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -39,13 +35,15 @@ def main(argv):
   import keras
   import numpy as np
   import tensorflow as tf
-  from k4p1.backbones import Preprocess, build_backbone
+  from k4p1.backbones import build_backbone
+  from k4p1.frontends import ImageFrontend
   from k4p1.config import BackboneSpec
-  from k4p1.export import atomic_write_text
   from k4p1.fold import fold_task
   from k4p1.model import TaskModels
   from k4p1.testing import tiny_task
 
+  common.warn_if_busy()
+  machine = common.machine()
   alpha, size, calls, rounds = _ALPHA.value, _SIZE.value, _CALLS.value, _ROUNDS.value
   batch_sizes = [int(b) for b in _BATCHES.value]
   if _SMOKE.value:
@@ -55,7 +53,7 @@ def main(argv):
   models = TaskModels(backbone)
   task = models.add(tiny_task("task", "scale_bias,depthwise,last_layer"), num_classes=100)
   images = keras.Input((size, size, 3))
-  x = Preprocess("tf")(images)
+  x = ImageFrontend("tf")(images)
   x = keras.layers.GlobalAveragePooling2D()(backbone.model(x))
   base = keras.Model(images, keras.layers.Dense(100)(x), name="base")
   variants = {"base": base, "patched": task.model,
@@ -89,15 +87,11 @@ def main(argv):
   out = {"benchmark": "fold_latency", "model": f"MobileNetV2 {alpha} @{size}",
          "patch": "scale_bias,depthwise,last_layer", "calls_per_round": calls, "rounds": rounds,
          "smoke": _SMOKE.value,
-         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                     "tensorflow": tf.__version__, "keras": keras.__version__},
-         "results": results}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  atomic_write_text(_OUT.value, json.dumps(out, indent=2))
+         **machine, "results": results}
+  common.write_result(_OUT.value, out)
   print(f"\n{'batch':>5}  {'model':<10}{'ms/batch':>10}{'x base':>8}")
   for r in results:
     print(f"{r['batch_size']:>5}  {r['model']:<10}{r['ms_per_batch']:>10.2f}{r['ratio_to_base']:>8.3f}")
-  print(f"wrote {_OUT.value}")
 
 
 if __name__ == "__main__":

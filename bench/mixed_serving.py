@@ -3,8 +3,13 @@ r"""Mixed-task serving throughput: one `mixed` call against splitting the batch 
 K scale-and-bias tasks on one MobileNetV2 (1.0 @224 by default, random weights: speed does not
 depend on values). A batch of B uint8 images with random task ids is served two ways, each a
 traced tf.function, in interleaved rounds (median counts):
-  mixed  k4p1.mixed.mixed_serving_function: one backbone pass, per-example BN parameters
-  split  group the batch by task id and call each task's own serving function on its group
+  mixed  k4p1.mixed.mixed_serving_function: one call; inside the graph the batch is partitioned
+         by task id (tf.dynamic_partition), each task's own model runs on its part (tasks with
+         no example are skipped) and the rows are stitched back (tf.dynamic_stitch)
+  split  group the batch by task id on the client and call each task's own serving function
+         on its group (one call per task)
+Both run the same per-task graphs on the same groups; mixed saves the per-task calls and
+transfers and lets TensorFlow's executor run the tasks' graphs side by side.
 Reports images/s for each and the ratio mixed / split.
 
 Run (a few minutes on 2 cores):
@@ -12,14 +17,10 @@ Run (a few minutes on 2 cores):
 Smoke (CI): python bench/mixed_serving.py --smoke --out=/tmp/mixed_serving.json
 """
 
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -35,16 +36,17 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 
 def main(argv):
   del argv
-  import keras
   import numpy as np
   import tensorflow as tf
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
-  from k4p1.export import atomic_write_text, serving_function
+  from k4p1.export import serving_function
   from k4p1.mixed import mixed_serving_function
   from k4p1.model import TaskModels
   from k4p1.testing import tiny_task
 
+  common.warn_if_busy()
+  machine = common.machine()
   alpha, size, batch, calls, rounds = (_ALPHA.value, _SIZE.value, _BATCH.value, _CALLS.value,
                                        _ROUNDS.value)
   task_counts = [int(k) for k in _TASKS.value]
@@ -94,16 +96,12 @@ def main(argv):
   out = {"benchmark": "mixed_serving", "model": f"MobileNetV2 {alpha} @{size}",
          "patch": "scale_bias,last_layer", "calls_per_round": calls, "rounds": rounds,
          "smoke": _SMOKE.value,
-         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                     "tensorflow": tf.__version__, "keras": keras.__version__},
-         "results": results}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  atomic_write_text(_OUT.value, json.dumps(out, indent=2))
+         **machine, "results": results}
+  common.write_result(_OUT.value, out)
   print(f"\n{'tasks':>5}{'mixed img/s':>13}{'split img/s':>13}{'mixed/split':>13}")
   for r in results:
     print(f"{r['num_tasks']:>5}{r['mixed_images_per_second']:>13.1f}"
           f"{r['split_images_per_second']:>13.1f}{r['ratio_mixed_to_split']:>13.2f}")
-  print(f"wrote {_OUT.value}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -44,8 +44,7 @@ def main(argv):
   import ml_collections
   import numpy as np
   import tensorflow as tf
-  from k4p1 import config as config_lib
-  from k4p1 import deploy
+  from k4p1 import deploy, experiment
   from k4p1.data import load_task_data
   from k4p1.export import atomic_write_text
 
@@ -59,7 +58,7 @@ def main(argv):
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       config = ml_collections.ConfigDict(json.load(f))
-    spec = config_lib.validate(config)
+    spec = experiment.resolve(config)
     patches = sorted(os.path.join(workdir, "patches", p)
                      for p in os.listdir(os.path.join(workdir, "patches")))
     base = os.path.join(workdir, "base.weights.h5")

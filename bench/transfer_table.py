@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
@@ -145,11 +145,9 @@ def plot(rows, regimes, path):
 
 def main(argv):
   del argv
-  import importlib.util
+  from k4p1.config import load_module
   from k4p1.export import atomic_write_text
-  spec = importlib.util.spec_from_file_location("transfer_table", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_module(CONFIG)
   regimes = list(module.REGIMES)
   lrs = ["0.045"] if _SMOKE.value else _LRS.value
   datasets = _DATASETS.value[:1] if _SMOKE.value else _DATASETS.value

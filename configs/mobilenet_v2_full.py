@@ -1,14 +1,10 @@
-r"""Baseline: full fine-tuning (a private copy of every weight) at the small rate full fine-tuning wants.
+"""Baseline: full fine-tuning at the small rate it wants.
 
-MobileNetV2 1.0 @224 (ImageNet weights) -> Oxford Flowers-102 (tfds): the paper's section 5.2 setup.
-Other data: --config.tasks.flowers.dataset.name=cifar100.
-
-Run:    python train.py --config=configs/mobilenet_v2_full.py --workdir=/tmp/mobilenet_v2_full
-Report: python train.py --config=configs/mobilenet_v2_full.py --mode=params --workdir=/tmp/k4p1_params
+An alias kept for its path: configs/transfer.py:full.
 """
 
-from k4p1.config import transfer_config
+from k4p1.config import config_file
 
 
 def get_config(arg=None):
-  return transfer_config('full,last_layer', lr=0.0045)
+  return config_file("transfer.py", "full", near=__file__)

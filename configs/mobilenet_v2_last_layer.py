@@ -1,14 +1,10 @@
-r"""Baseline: last layer only (the rest frozen).
+"""Baseline: last layer only.
 
-MobileNetV2 1.0 @224 (ImageNet weights) -> Oxford Flowers-102 (tfds): the paper's section 5.2 setup.
-Other data: --config.tasks.flowers.dataset.name=cifar100.
-
-Run:    python train.py --config=configs/mobilenet_v2_last_layer.py --workdir=/tmp/mobilenet_v2_last_layer
-Report: python train.py --config=configs/mobilenet_v2_last_layer.py --mode=params --workdir=/tmp/k4p1_params
+An alias kept for its path: configs/transfer.py:last_layer.
 """
 
-from k4p1.config import transfer_config
+from k4p1.config import config_file
 
 
 def get_config(arg=None):
-  return transfer_config('last_layer')
+  return config_file("transfer.py", "last_layer", near=__file__)

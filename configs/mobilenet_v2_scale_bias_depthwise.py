@@ -1,14 +1,10 @@
-r"""Scale-and-bias + depthwise patches + last layer.
+"""Scale-and-bias + depthwise patches + last layer.
 
-MobileNetV2 1.0 @224 (ImageNet weights) -> Oxford Flowers-102 (tfds): the paper's section 5.2 setup.
-Other data: --config.tasks.flowers.dataset.name=cifar100.
-
-Run:    python train.py --config=configs/mobilenet_v2_scale_bias_depthwise.py --workdir=/tmp/mobilenet_v2_scale_bias_depthwise
-Report: python train.py --config=configs/mobilenet_v2_scale_bias_depthwise.py --mode=params --workdir=/tmp/k4p1_params
+An alias kept for its path: configs/transfer.py:scale_bias_depthwise.
 """
 
-from k4p1.config import transfer_config
+from k4p1.config import config_file
 
 
 def get_config(arg=None):
-  return transfer_config('scale_bias,depthwise,last_layer')
+  return config_file("transfer.py", "scale_bias_depthwise", near=__file__)

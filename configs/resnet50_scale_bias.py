@@ -1,11 +1,10 @@
-r"""Any keras.applications model with BatchNormalization patches without special code: ResNet50.
+"""ResNet50: scale-and-bias + last layer.
 
-Run: python train.py --config=configs/resnet50_scale_bias.py --workdir=/tmp/resnet50
+An alias kept for its path: configs/transfer.py:scale_bias,backbone=resnet50.
 """
 
-from k4p1.config import transfer_config
+from k4p1.config import config_file
 
 
 def get_config(arg=None):
-  return transfer_config("scale_bias,last_layer", name="keras_application",
-                         application="ResNet50")
+  return config_file("transfer.py", "scale_bias,backbone=resnet50", near=__file__)

@@ -10,26 +10,22 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-from typing import Callable
+import random
 
 import keras
 import numpy as np
 
-from k4p1.config import BackboneSpec, ConfigError
+from k4p1.config import BackboneSpec
+from k4p1.errors import ConfigError
+from k4p1.frontends import ImageFrontend, InputSpec
+from k4p1.registry import Registry
 
-BACKBONE_BUILDERS: dict[str, Callable[[BackboneSpec], "Backbone"]] = {}
-
-
-def register_backbone(name: str):
-  def wrap(fn):
-    if name in BACKBONE_BUILDERS:
-      raise ValueError(f"Backbone '{name}' is registered twice.")
-    BACKBONE_BUILDERS[name] = fn
-    return fn
-  return wrap
+BACKBONES = Registry("backbone", field="backbone.name")
+register_backbone = BACKBONES.register
 
 
 @dataclasses.dataclass
@@ -39,7 +35,7 @@ class Backbone:
   Attributes:
     model: functional keras.Model, float image batch (already preprocessed) -> feature map.
     input_size: square input resolution.
-    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': applied by `Preprocess`.
+    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': the frontend's mode.
     spec: the spec it was built from.
   """
   model: keras.Model
@@ -47,38 +43,14 @@ class Backbone:
   preprocessing: str
   spec: BackboneSpec
 
+  @property
+  def input_spec(self) -> InputSpec:
+    """What a task model on this backbone takes (before its frontend)."""
+    return InputSpec.image(self.input_size, channels=self.model.input_shape[-1])
 
-@keras.saving.register_keras_serializable(package="k4p1")
-class Preprocess(keras.layers.Layer):
-  """Maps float pixels in [0, 255] to what a backbone expects. No variables.
-
-  Example:
-    Preprocess("tf")(np.full((1, 2, 2, 3), 255.0))   # -> all 1.0
-  """
-
-  MODES = ("tf", "caffe", "torch", "none")
-
-  def __init__(self, mode: str = "tf", **kwargs):
-    super().__init__(**kwargs)
-    if mode not in self.MODES:
-      raise ValueError(f"Preprocess mode must be one of {self.MODES}. Received: mode={mode!r}")
-    self.mode = mode
-
-  def call(self, x):
-    x = keras.ops.cast(x, "float32")
-    if self.mode == "tf":
-      return x * (1.0 / 127.5) - 1.0  # what keras.layers.Rescaling computes, bit for bit
-    if self.mode == "caffe":
-      x = x[..., ::-1]
-      return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68])
-    if self.mode == "torch":
-      x = x / 255.0
-      return (x - keras.ops.convert_to_tensor([0.485, 0.456, 0.406])) / \
-          keras.ops.convert_to_tensor([0.229, 0.224, 0.225])
-    return x
-
-  def get_config(self):
-    return {**super().get_config(), "mode": self.mode}
+  def frontend(self, name: str = "preprocess") -> ImageFrontend:
+    """A new frontend layer mapping raw pixels to this backbone's input range."""
+    return ImageFrontend(self.preprocessing, name=name)
 
 
 def _resolve_weights(spec: BackboneSpec):
@@ -95,12 +67,36 @@ def _resolve_weights(spec: BackboneSpec):
   return w
 
 
+@contextlib.contextmanager
+def seeded_initialisation(seed: int):
+  """Seeds weight initialisation, then restores the Python, NumPy and Keras random state.
+
+  Building a backbone must not reseed the rest of a run (which may build several). TensorFlow's
+  own global seed cannot be read back; it is left set to `seed` (k4p1 seeds its tf.data and
+  augmentation ops explicitly, so nothing of k4p1's depends on it).
+  """
+  from keras.src.backend.common import global_state
+  from keras.src.random import seed_generator
+  from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+  saved = (random.getstate(), np.random.get_state(),
+           global_state.get_global_attribute(GLOBAL_RANDOM_SEED),
+           global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR))
+  keras.utils.set_random_seed(seed)
+  try:
+    yield
+  finally:
+    random.setstate(saved[0])
+    np.random.set_state(saved[1])
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, saved[2])
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, saved[3])
+
+
 def _application(cls, spec: BackboneSpec, default_size: int, **kwargs) -> keras.Model:
   size = spec.input_size or default_size
   weights = _resolve_weights(spec)
-  keras.utils.set_random_seed(spec.seed)
   try:
-    return cls(input_shape=(size, size, 3), include_top=False, weights=weights, **kwargs)
+    with seeded_initialisation(spec.seed):
+      return cls(input_shape=(size, size, 3), include_top=False, weights=weights, **kwargs)
   except Exception as e:  # Keras raises several types for download and file problems.
     if weights == "imagenet":
       raise ConfigError(
@@ -221,10 +217,8 @@ def build_ssd_mobilenet_v2(spec: BackboneSpec) -> Backbone:
 
 
 def build_backbone(spec: BackboneSpec) -> Backbone:
-  """Builds the backbone named by `spec.name` (see BACKBONE_BUILDERS)."""
-  if spec.name not in BACKBONE_BUILDERS:
-    raise ConfigError(f"Unknown backbone {spec.name!r}. Known: {sorted(BACKBONE_BUILDERS)}.")
-  return BACKBONE_BUILDERS[spec.name](spec)
+  """Builds the backbone named by `spec.name` (a BACKBONES entry)."""
+  return BACKBONES.lookup(spec.name)(spec)
 
 
 def architecture_fingerprint(model: keras.Model) -> str:

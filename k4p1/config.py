@@ -13,35 +13,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from typing import Optional
+import os
 
 import ml_collections
 
-# Patch kinds a task can combine (comma separated in `task.patch`).
-PATCH_KINDS = {
-    "scale_bias": "per-task BN gamma, beta and moving statistics (the paper's S/B patch)",
-    "bn_stats": "per-task BN moving statistics only, recomputed, nothing learned (Table 6 baseline)",
-    "depthwise": "per-task copy of every DepthwiseConv2D kernel (the paper's DW patch)",
-    "channel_scale_bias": "explicit per-channel scale and bias after conv/dense layers with no BN after them",
-    "full": "private copy of the whole backbone, all of it trained (full fine-tuning baseline)",
-    "last_layer": "train the task's classifier (without it the classifier stays at its random init)",
-}
+from k4p1.errors import ConfigError
+from k4p1.registry import did_you_mean as _did_you_mean
+
+# Names that select a registered entry (backbone.name, dataset.source, the patch kinds,
+# runtime.strategy, optimizer.name) are checked where they are looked up: in
+# k4p1.experiment.resolve, before anything is built or written. This module imports no module
+# that registers entries, so it stays at the bottom of the import graph.
 STATISTICS_MODES = ("batch", "frozen")
-BACKBONES = ("mobilenet_v2", "inception_v3", "keras_application", "keras_file", "ssd_mobilenet_v2")
-DATA_SOURCES = ("tfds", "image_folder", "cifar10_tarball", "fashion_mnist", "digits")
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-
-
-class ConfigError(ValueError):
-  """A config value is invalid; the message says which field and how to fix it."""
+HEAD_KIND = "last_layer"  # in `task.patch`: train the task's classifier (a head option)
 
 
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
   """Where a task's examples come from.
 
   Fields:
-    source: one of DATA_SOURCES. `tfds` reads `name` with tensorflow-datasets.
+    source: a registered data source (k4p1.data.DATA_SOURCES). `tfds` reads `name` with tensorflow-datasets.
     name: tfds dataset name (e.g. `cifar100`, `oxford_flowers102`); ignored by other sources.
     path: file or folder for local sources; '' uses `$K4P1_DATA_DIR` defaults
       (`cifar10/cifar10_jpeg.tar.gz`, `fashion_mnist/`).
@@ -62,8 +53,10 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
 
   Fields:
     dataset: see dataset_config().
-    patch: comma-separated PATCH_KINDS, e.g. 'scale_bias,last_layer'.
-    statistics: for scale_bias: `batch` (normalise with batch statistics while training and
+    patch: comma-separated patch kinds (k4p1/patches/, one file each) plus `last_layer` (train
+      the classifier), e.g. 'scale_bias,last_layer'. A kind takes options in parentheses:
+      'scale_bias(statistics=frozen),last_layer'.
+    statistics: default of scale_bias's `statistics` option: `batch` (normalise with batch statistics while training and
       update the task's moving statistics, as the paper does) or `frozen` (use the task's moving
       statistics; gamma and beta still learn; about 2x faster).
     train_base: also train the shared backbone weights (pretraining, or multi-task learning).
@@ -82,7 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field of an experiment, with the paper's defaults."""
   c = ml_collections.ConfigDict()
   c.backbone = ml_collections.ConfigDict(dict(
-      name="mobilenet_v2",  # see BACKBONES
+      name="mobilenet_v2",  # a registered backbone (k4p1.backbones.BACKBONES)
       alpha=1.0,            # MobileNetV2 width multiplier
       input_size=224,       # square input resolution; 0 = the backbone's own
       weights="imagenet",   # 'imagenet', 'none' (random) or a path to a weights file
@@ -103,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
       cache=True,         # cache decoded examples in memory (small datasets)
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="rmsprop",     # 'rmsprop', 'sgd' (momentum) or 'adam'
+      name="rmsprop",     # 'rmsprop', 'sgd' (momentum) or 'adam' (k4p1.train.optimizers)
       lr=0.045,           # the paper's initial learning rate
       decay_rate=0.98,    # multiply the rate by this ...
       decay_epochs=2.5,   # ... every this many epochs (staircase)
@@ -123,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
       progress=True,            # progress bar on stderr
   ))
   c.runtime = ml_collections.ConfigDict(dict(
-      strategy="default",       # see STRATEGIES
+      strategy="default",       # a registered strategy (k4p1.train.strategies.STRATEGIES)
       tpu="",                   # TPU address for strategy=tpu
       devices="",               # comma-separated devices for mirrored ('' = all local)
   ))
@@ -194,29 +187,26 @@ class DatasetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class PatchSpec:
-  """Which task-specific parameters a task has.
+  """Which task-specific parameters a task has (names only; k4p1.patches resolves them).
 
   Attributes:
-    kinds: subset of PATCH_KINDS.
-    statistics: 'batch' or 'frozen' (scale_bias only).
+    kinds: patch kind names (k4p1.patches.PATCH_KINDS), e.g. {'scale_bias', 'depthwise'}.
+    options: per-kind options as raw text, ((kind, ((key, value), ...)), ...), sorted.
+    train_head: train the task's classifier (`last_layer`; otherwise it stays at its init).
     train_base: the task also trains the shared backbone weights.
   """
   kinds: frozenset = frozenset()
-  statistics: str = "batch"
+  options: tuple = ()
+  train_head: bool = False
   train_base: bool = False
 
   def has(self, kind: str) -> bool:
-    return kind in self.kinds
+    """Whether the task has kind `kind` ('last_layer': whether it trains its classifier)."""
+    return self.train_head if kind == HEAD_KIND else kind in self.kinds
 
-  @property
-  def label(self) -> str:
-    order = [k for k in PATCH_KINDS if k in self.kinds]
-    text = "+".join(order) if order else "none"
-    if "scale_bias" in self.kinds:
-      text += f" ({self.statistics} stats)"
-    if self.train_base:
-      text += " +shared base"
-    return text
+  def option(self, kind: str, key: str, default=None):
+    """The raw text of one option as written in the config (k4p1.patches types it)."""
+    return dict(dict(self.options).get(kind, ())).get(key, default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,47 +220,148 @@ class TaskSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class RuntimeSpec:
+  strategy: str = "default"
+  tpu: str = ""
+  devices: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  name: str = "rmsprop"
+  lr: float = 0.045
+  decay_rate: float = 0.98
+  decay_epochs: float = 2.5
+  momentum: float = 0.9
+  rho: float = 0.9
+  epsilon: float = 1.0
+  label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+  data_dir: str = ""
+  download: bool = False
+  shuffle_buffer: int = 2048
+  cache: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  seed: int = 0
+  checkpoint_every: int = 200
+  log_every: int = 50
+  keep_checkpoints: int = 2
+  bn_recompute_batches: int = 50
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSpec:
+  enabled: bool = True
+  tasks: tuple = ()          # signatures in order (first = serving_default); () = every task
+  mixed_tasks: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
+  """Everything an experiment needs, frozen: what the library reads instead of the ConfigDict."""
   backbone: BackboneSpec
   tasks: tuple[TaskSpec, ...]
+  runtime: RuntimeSpec = RuntimeSpec()
+  optimizer: OptimizerSpec = OptimizerSpec()
+  data: DataOptions = DataOptions()
+  train: TrainSpec = TrainSpec()
+  export: ExportSpec = ExportSpec()
+
+  def task(self, name: str) -> TaskSpec:
+    for t in self.tasks:
+      if t.name == name:
+        return t
+    raise KeyError(f"No task {name!r}. Tasks: {[t.name for t in self.tasks]}")
 
 
-def _did_you_mean(value: str, choices) -> str:
-  close = difflib.get_close_matches(value, list(choices), n=1)
-  return f" Did you mean '{close[0]}'?" if close else ""
+def _section(cls, section, where: str, **overrides):
+  """A frozen spec dataclass from a config section; its fields must match the section's."""
+  values = dict(section.to_dict() if hasattr(section, "to_dict") else section)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - fields - set(overrides))
+  if unknown:
+    raise ConfigError(f"{where} has fields k4p1 does not know: {unknown}. Known: {sorted(fields)}")
+  values.update(overrides)
+  return cls(**{k: v for k, v in values.items() if k in fields})
+
+
+def _split_top_level(text: str, where: str) -> list[str]:
+  """'a(x=1,y=2),b+c' -> ['a(x=1,y=2)', 'b', 'c']: commas and '+' outside parentheses."""
+  parts, depth, current = [], 0, ""
+  for ch in text:
+    if ch == "(":
+      depth += 1
+    elif ch == ")":
+      depth -= 1
+      if depth < 0:
+        break
+    if ch in ",+" and depth == 0:
+      parts.append(current)
+      current = ""
+    else:
+      current += ch
+  if depth != 0:
+    raise ConfigError(f"{where}: unbalanced parentheses. Write options as "
+                      f"'kind(key=value,...)'. Received: {where}={text!r}")
+  parts.append(current)
+  return [p.strip() for p in parts if p.strip()]
 
 
 def parse_patch(text: str, statistics: str = "batch", train_base: bool = False,
                 where: str = "patch") -> PatchSpec:
-  """Parses 'scale_bias,last_layer' into a PatchSpec, with errors that say what to do.
+  """Parses 'scale_bias(statistics=frozen),depthwise,last_layer' into a PatchSpec.
+
+  Only the structure is checked here; kind names and options are checked against the
+  registered kinds by k4p1.patches.check (the experiment does it before building anything).
+  `statistics` is the default of scale_bias's `statistics` option.
 
   Example:
     parse_patch("scale_bias,depthwise,last_layer", statistics="frozen")
   """
-  kinds = [k.strip() for k in str(text).replace("+", ",").split(",") if k.strip()]
-  for k in kinds:
-    if k not in PATCH_KINDS:
-      known = ", ".join(PATCH_KINDS)
-      raise ConfigError(
-          f"Unknown patch kind '{k}' in {where}.{_did_you_mean(k, PATCH_KINDS)} "
-          f"Known kinds: {known}. Received: {where}={text!r}")
+  kinds, options, head = set(), {}, False
+  for token in _split_top_level(str(text), where):
+    name, _, rest = token.partition("(")
+    name = name.strip()
+    if not name.replace("_", "").isalnum():
+      raise ConfigError(f"{where}: '{token}' is not a patch kind. Write kinds as "
+                        f"'kind' or 'kind(key=value,...)', comma separated. "
+                        f"Received: {where}={text!r}")
+    if name == HEAD_KIND:
+      head = True
+      continue
+    pairs = []
+    if rest:
+      if not rest.rstrip().endswith(")"):
+        raise ConfigError(f"{where}: '{token}' has text after its ')'. Received: {where}={text!r}")
+      for item in _split_top_level(rest.rstrip()[:-1], where):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+          raise ConfigError(f"{where}: option '{item}' of '{name}' must be key=value. "
+                            f"Received: {where}={text!r}")
+        pairs.append((key.strip(), value.strip()))
+    kinds.add(name)
+    options[name] = dict(options.get(name, {}), **dict(pairs))
   if statistics not in STATISTICS_MODES:
     raise ConfigError(f"{where}: statistics must be one of {STATISTICS_MODES}. "
                       f"Received: statistics={statistics!r}")
-  kinds = frozenset(kinds)
-  if "full" in kinds and kinds - {"full", "last_layer"}:
-    raise ConfigError(f"{where}: 'full' already trains every backbone weight; combine it only "
-                      f"with last_layer. Received: {where}={text!r}")
-  if {"scale_bias", "bn_stats"} <= kinds:
-    raise ConfigError(f"{where}: use either 'scale_bias' (learned) or 'bn_stats' "
-                      f"(statistics only), not both. Received: {where}={text!r}")
-  if "full" in kinds and train_base:
-    raise ConfigError(f"{where}: 'full' trains a private copy; train_base=True trains the "
-                      f"shared one. Pick one.")
-  if not kinds and not train_base:
-    raise ConfigError(f"{where}: nothing to train. Name at least one patch kind "
-                      f"({', '.join(PATCH_KINDS)}) or set train_base=True. Received: {where}={text!r}")
-  return PatchSpec(kinds=kinds, statistics=statistics, train_base=bool(train_base))
+  if "scale_bias" in kinds:
+    options["scale_bias"] = {"statistics": statistics, **options.get("scale_bias", {})}
+  if not kinds and not head and not train_base:
+    raise ConfigError(f"{where}: nothing to train. Name at least one patch kind (e.g. "
+                      f"scale_bias, depthwise) or last_layer, or set train_base=True. "
+                      f"Received: {where}={text!r}")
+  frozen_options = tuple(sorted((k, tuple(sorted(v.items()))) for k, v in options.items() if v))
+  return PatchSpec(kinds=frozenset(kinds), options=frozen_options, train_head=head,
+                   train_base=bool(train_base))
 
 
 def _parse_classes(text, where) -> tuple[int, ...]:
@@ -284,6 +375,85 @@ def _parse_classes(text, where) -> tuple[int, ...]:
   except ValueError:
     raise ConfigError(f"{where}.classes must be comma-separated integers, e.g. '5,6,7'. "
                       f"Received: {text!r}") from None
+
+
+def load_module(path: str, name: str = ""):
+  """Imports a Python file (a config under configs/) as a module."""
+  import importlib.util
+  if not os.path.exists(path):
+    raise ConfigError(f"Config file not found: {path!r}.")
+  spec = importlib.util.spec_from_file_location(
+      name or os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path!r} defines no get_config(): it is not a k4p1 config file.")
+  return module
+
+
+def parse_arg(arg, positional: str = "", **defaults) -> ml_collections.ConfigDict:
+  """A config file's ARG, big_vision style: 'value,key=value,...' with typed defaults.
+
+  Each value takes the type of its default (int, float, bool, str); a bare first value sets
+  `positional`. Unknown keys and bad values fail with a ConfigError.
+
+  Example:
+    parse_arg("full,backbone=inception_v3", positional="regime", regime="scale_bias",
+              backbone="mobilenet_v2")   # -> regime='full', backbone='inception_v3'
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for i, item in enumerate(x.strip() for x in str(arg or "").split(",") if x.strip()):
+    key, eq, value = item.partition("=")
+    if not eq:
+      if i or not positional:
+        raise ConfigError(f"Config argument {item!r} must be key=value (keys: "
+                          f"{', '.join(defaults)}). Received: {arg!r}")
+      key, value = positional, item
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"Unknown config argument '{key}'.{_did_you_mean(key, defaults)} "
+                        f"Keys: {', '.join(defaults)}. Received: {arg!r}")
+    kind = type(defaults[key])
+    try:
+      out[key] = (value.strip().lower() in ("1", "true", "yes")) if kind is bool \
+          else kind(value.strip())
+    except ValueError:
+      raise ConfigError(f"Config argument {key} must be a {kind.__name__}. "
+                        f"Received: {key}={value!r}") from None
+  return out
+
+
+def config_file(name: str, arg: str = "", near: str = __file__) -> ml_collections.ConfigDict:
+  """get_config(arg) of another config file in the same folder as `near` (for aliases)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(near)), name)
+  module = load_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def load(path_and_arg: str, lock: bool = True) -> ml_collections.ConfigDict:
+  """Loads 'configs/NAME.py[:ARG]': get_config(ARG) (or get_config()) of that file.
+
+  The same `FILE:ARG` convention as train.py's --config. With `lock`, a typo in a later
+  override (`config.optimizer.lrr = 1`) raises instead of adding a field.
+
+  Example:
+    config = load("configs/digits.py:smoke")
+  """
+  path, _, arg = str(path_and_arg).partition(":")
+  module = load_module(path)
+  config = module.get_config(arg) if arg else module.get_config()
+  if lock:
+    config.lock()
+  return config
+
+
+def from_json(path: str) -> ml_collections.ConfigDict:
+  """The config a train.py run wrote to its workdir (config.json)."""
+  import json
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} not found: expected a train.py workdir's config.json.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def task_order(config) -> list[str]:
@@ -308,9 +478,6 @@ def validate(config) -> ExperimentSpec:
     ConfigError: with the field, what was wrong and how to fix it.
   """
   b = config.backbone
-  if b.name not in BACKBONES:
-    raise ConfigError(f"Unknown backbone '{b.name}'.{_did_you_mean(b.name, BACKBONES)} "
-                      f"Known: {', '.join(BACKBONES)}. Received: backbone.name={b.name!r}")
   if b.name == "keras_file" and not b.model_file:
     raise ConfigError("backbone.name='keras_file' needs backbone.model_file=PATH to a Keras model.")
   if b.name == "ssd_mobilenet_v2" and b.weights in ("", "imagenet", "none", "None", "random"):
@@ -327,11 +494,9 @@ def validate(config) -> ExperimentSpec:
   backbone = BackboneSpec(**b.to_dict())
   if not config.tasks.keys():
     raise ConfigError("config.tasks is empty: define at least one task (see k4p1.config.task_config).")
-  if config.runtime.strategy not in STRATEGIES:
-    raise ConfigError(f"Unknown runtime.strategy '{config.runtime.strategy}'."
-                      f"{_did_you_mean(config.runtime.strategy, STRATEGIES)} Known: {STRATEGIES}")
-  if config.optimizer.name not in ("rmsprop", "sgd", "adam"):
-    raise ConfigError(f"optimizer.name must be rmsprop, sgd or adam. Received: {config.optimizer.name!r}")
+  for key in ("batch_size", "eval_batch_size"):
+    if config.train[key] < 1:
+      raise ConfigError(f"train.{key} must be >= 1. Received: {config.train[key]}")
   tasks = []
   for name in task_order(config):
     t = config.tasks[name]
@@ -340,9 +505,6 @@ def validate(config) -> ExperimentSpec:
       raise ConfigError(f"Task names may hold letters, digits and '_' only (they name layers and "
                         f"signatures). Received: {name!r}")
     d = t.dataset
-    if d.source not in DATA_SOURCES:
-      raise ConfigError(f"Unknown {where}.dataset.source '{d.source}'."
-                        f"{_did_you_mean(d.source, DATA_SOURCES)} Known: {', '.join(DATA_SOURCES)}")
     if d.source == "tfds" and not d.name:
       raise ConfigError(f"{where}.dataset.name is empty: name a tensorflow-datasets dataset, "
                         f"e.g. 'cifar100'.")
@@ -366,9 +528,21 @@ def validate(config) -> ExperimentSpec:
     if t not in names:
       raise ConfigError(f"export.mixed_tasks names '{t}', which is not a task."
                         f"{_did_you_mean(t, names)}")
-  return ExperimentSpec(backbone=backbone, tasks=tuple(tasks))
+  export = _section(ExportSpec, config.export, "export",
+                    tasks=tuple(_names(config.export.tasks)) or tuple(names),
+                    mixed_tasks=tuple(_names(config.export.mixed_tasks)))
+  return ExperimentSpec(
+      backbone=backbone, tasks=tuple(tasks),
+      runtime=_section(RuntimeSpec, config.runtime, "runtime"),
+      optimizer=_section(OptimizerSpec, config.optimizer, "optimizer"),
+      data=_section(DataOptions, config.data, "data"),
+      train=_section(TrainSpec, config.train, "train"),
+      export=export)
+
+
+def _names(text: str) -> list[str]:
+  return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
 def export_tasks(config) -> list[str]:
-  chosen = [x.strip() for x in config.export.tasks.split(",") if x.strip()]
-  return chosen or task_order(config)
+  return _names(config.export.tasks) or task_order(config)

@@ -9,7 +9,7 @@ Sources (DatasetSpec.source):
 
 Local paths default to files under `$K4P1_DATA_DIR` (e.g. ../shared/data) when `path` is empty.
 Images leave the pipeline as float32 in [0, 255] at the backbone's resolution; the model's
-`Preprocess` layer maps them to the backbone's range, so exported signatures can take uint8.
+frontend (k4p1.frontends.ImageFrontend) maps them to the backbone's range, so exported signatures can take uint8.
 
 Example:
   data = load_task_data(DatasetSpec(source="digits", classes=(0, 1, 2, 3, 4)), image_size=32)
@@ -24,19 +24,18 @@ import os
 import shutil
 import tarfile
 import tempfile
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from k4p1.config import DatasetSpec
+from k4p1.errors import DataError
+from k4p1.registry import Registry
 
 DATA_DIR_ENV = "K4P1_DATA_DIR"
 CACHE_DIR_ENV = "K4P1_CACHE_DIR"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-
-
-class DataError(ValueError):
-  """A dataset cannot be read; the message says what is missing and how to provide it."""
 
 
 @dataclasses.dataclass
@@ -316,15 +315,59 @@ def _tfds_split(ds, split_name, info, spec: DatasetSpec, limit: int) -> Split:
   return Split(ds, size)
 
 
-def num_classes_of(spec: DatasetSpec, data_dir: str = "") -> int:
-  """The task's class count without reading examples (for --mode=params)."""
-  if spec.classes:
-    return len(spec.classes)
-  if spec.source in ("digits", "fashion_mnist", "cifar10_tarball"):
-    return 10
-  if spec.source == "image_folder":
-    root = _default_path(spec, "", "image_folder")
-    return len(_list_image_folder(root, spec.train_split)[0])
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """A registered source of labelled images.
+
+  Attributes:
+    read: (spec, data_dir, download) -> (train Split, eval Split, class count before
+      `spec.classes` filtering).
+    num_classes: (spec, data_dir) -> class count, without reading examples (--mode=params).
+    description: one line for docs and errors.
+  """
+  read: Callable
+  num_classes: Callable
+  description: str = ""
+
+
+DATA_SOURCES = Registry("data source", field="tasks.<task>.dataset.source")
+
+
+def _arrays_source(loader):
+  def read(spec, data_dir, download):
+    (xtr, ytr), (xte, yte), n = loader(spec)
+    return (_from_arrays(xtr, ytr, spec, spec.train_examples),
+            _from_arrays(xte, yte, spec, spec.eval_examples), n)
+  return read
+
+
+def _folder_source(root_of):
+  def read(spec, data_dir, download):
+    root = root_of(spec)
+    train, classes = _image_folder_split(root, spec.train_split, spec, spec.train_examples)
+    test, _ = _image_folder_split(root, spec.eval_split, spec, spec.eval_examples, classes)
+    return train, test, len(classes)
+  return read
+
+
+def _cifar10_root(spec):
+  tarball = _default_path(spec, os.path.join("cifar10", "cifar10_jpeg.tar.gz"), "cifar10_tarball")
+  return extract_tarball(tarball, "cifar10_jpeg")
+
+
+def _image_folder_root(spec):
+  return _default_path(spec, "", "image_folder")
+
+
+def _read_tfds(spec, data_dir, download):
+  tr, te, info, n = _tfds(spec, data_dir, download)
+  if n is None:
+    raise DataError(f"tfds dataset {spec.name!r} has no 'label' feature; k4p1 trains classifiers.")
+  return (_tfds_split(tr, spec.train_split, info, spec, spec.train_examples),
+          _tfds_split(te, spec.eval_split, info, spec, spec.eval_examples), n)
+
+
+def _tfds_num_classes(spec, data_dir):
   import tensorflow_datasets as tfds
   try:
     info = tfds.builder(spec.name, data_dir=data_dir or None).info
@@ -333,35 +376,41 @@ def num_classes_of(spec: DatasetSpec, data_dir: str = "") -> int:
     raise DataError(f"Cannot tell how many classes tfds dataset {spec.name!r} has: {e}") from e
 
 
+def _ten(spec, data_dir):
+  return 10
+
+
+DATA_SOURCES.register("tfds", DataSource(
+    _read_tfds, _tfds_num_classes, "tensorflow-datasets by name (offline: prepared data only)"))
+DATA_SOURCES.register("image_folder", DataSource(
+    _folder_source(_image_folder_root),
+    lambda spec, data_dir: len(_list_image_folder(_image_folder_root(spec), spec.train_split)[0]),
+    "ROOT/<split>/<label>/*.jpg|png"))
+DATA_SOURCES.register("cifar10_tarball", DataSource(
+    _folder_source(_cifar10_root), _ten, "the CIFAR-10 JPEG tarball"))
+DATA_SOURCES.register("fashion_mnist", DataSource(
+    _arrays_source(_fashion_mnist), _ten, "the four Fashion-MNIST IDX .gz files"))
+DATA_SOURCES.register("digits", DataSource(
+    _arrays_source(_digits), _ten, "scikit-learn's bundled 8x8 digits (ships with the install)"))
+
+
+def num_classes_of(spec: DatasetSpec, data_dir: str = "") -> int:
+  """The task's class count without reading examples (for --mode=params)."""
+  if spec.classes:
+    return len(spec.classes)
+  return DATA_SOURCES.lookup(spec.source).num_classes(spec, data_dir)
+
+
 def load_task_data(spec: DatasetSpec, image_size: int, data_dir: str = "",
                    download: bool = False, cache: bool = True,
                    shuffle_buffer: int = 2048) -> TaskData:
   """Reads a task's train and eval splits (see module docstring).
 
   Raises:
+    ConfigError: an unknown source.
     DataError: the data is missing or malformed; the message says how to provide it.
   """
-  if spec.source in ("digits", "fashion_mnist"):
-    (xtr, ytr), (xte, yte), n = (_digits if spec.source == "digits" else _fashion_mnist)(spec)
-    train = _from_arrays(xtr, ytr, spec, spec.train_examples)
-    test = _from_arrays(xte, yte, spec, spec.eval_examples)
-  elif spec.source in ("image_folder", "cifar10_tarball"):
-    if spec.source == "cifar10_tarball":
-      tarball = _default_path(spec, os.path.join("cifar10", "cifar10_jpeg.tar.gz"), "cifar10_tarball")
-      root = extract_tarball(tarball, "cifar10_jpeg")
-    else:
-      root = _default_path(spec, "", "image_folder")
-    train, classes = _image_folder_split(root, spec.train_split, spec, spec.train_examples)
-    test, _ = _image_folder_split(root, spec.eval_split, spec, spec.eval_examples, classes)
-    n = len(classes)
-  elif spec.source == "tfds":
-    tr, te, info, n = _tfds(spec, data_dir, download)
-    if n is None:
-      raise DataError(f"tfds dataset {spec.name!r} has no 'label' feature; k4p1 trains classifiers.")
-    train = _tfds_split(tr, spec.train_split, info, spec, spec.train_examples)
-    test = _tfds_split(te, spec.eval_split, info, spec, spec.eval_examples)
-  else:
-    raise DataError(f"Unknown dataset source {spec.source!r}.")
+  train, test, n = DATA_SOURCES.lookup(spec.source).read(spec, data_dir, download)
   if spec.classes:
     bad = [c for c in spec.classes if not 0 <= c < n]
     if bad:

@@ -76,9 +76,8 @@ def _check_tasks(models: TaskModels, tasks: list[str]):
 def tflite_function(models: TaskModels, task: str):
   """float32 pixels [batch, size, size, 3] -> {'probabilities'}: what a TFLite signature runs."""
   model = models.tasks[task].model
-  size = models.backbone.input_size
 
-  @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+  @tf.function(input_signature=[models.backbone.input_spec.tensor_spec()])
   def predict(images):
     return {"probabilities": tf.nn.softmax(model(images, training=False), axis=-1)}
 

@@ -23,44 +23,25 @@ import dataclasses
 import io
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.config import parse_patch, TaskSpec, DatasetSpec
+from k4p1 import patches
+from k4p1.config import DatasetSpec, TaskSpec, parse_patch
+from k4p1.errors import DeployError, PatchFileError  # noqa: F401  (export.DeployError)
+from k4p1.files import atomic_directory, atomic_write_bytes, atomic_write_text  # noqa: F401
 from k4p1.model import TaskModels
 
-PATCH_FORMAT = "k4p1-patch-v1"
+PATCH_FORMAT = "k4p1-patch-v2"   # v2: per-kind options; v1 files (kinds + statistics) still load
+_READABLE_FORMATS = ("k4p1-patch-v1", PATCH_FORMAT)
 _META_KEY = "__k4p1_meta__"
 
 
-class PatchFileError(ValueError):
-  """A patch file does not fit the model it is loaded onto."""
-
-
-class DeployError(ValueError):
-  """A deployment request (export, TFLite, mixed serving) cannot be carried out; says why."""
-
-
-def _atomic_write_bytes(path: str, data: bytes):
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_text(path: str, text: str):
-  _atomic_write_bytes(path, text.encode())
+def patch_names(spec) -> list[str]:
+  """Sorted patch kinds, plus 'last_layer' when the task trains its classifier."""
+  return sorted(spec.kinds | ({"last_layer"} if spec.train_head else set()))
 
 
 def patch_bytes(models: TaskModels, task: str) -> bytes:
@@ -80,9 +61,7 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
       "format": PATCH_FORMAT,
       "task": task,
       "num_classes": t.num_classes,
-      "patch": sorted(t.spec.patch.kinds),
-      "statistics": t.spec.patch.statistics,
-      "train_base": t.spec.patch.train_base,
+      "patch": patches.record(t.spec.patch),
       "base": models.identity(),
       # Where the task's data came from: int8 conversion calibrates on its training split.
       "dataset": {**dataclasses.asdict(t.spec.dataset), "classes": list(t.spec.dataset.classes)},
@@ -97,7 +76,7 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
 def save_patch(models: TaskModels, task: str, path: str) -> int:
   """Writes `task`'s patch file (atomically). Returns its size in bytes."""
   data = patch_bytes(models, task)
-  _atomic_write_bytes(path, data)
+  atomic_write_bytes(path, data)
   return len(data)
 
 
@@ -113,9 +92,21 @@ def read_patch(path: str) -> tuple[dict, dict]:
                    .reshape(entry["shape"]) for key, entry in meta.pop("variables").items()}
   except Exception as e:
     raise PatchFileError(f"{path!r} is not a k4p1 patch file ({type(e).__name__}: {e}).") from e
-  if meta.get("format") != PATCH_FORMAT:
-    raise PatchFileError(f"{path!r} has format {meta.get('format')!r}; expected {PATCH_FORMAT!r}.")
+  if meta.get("format") not in _READABLE_FORMATS:
+    raise PatchFileError(f"{path!r} has format {meta.get('format')!r}; this k4p1 reads "
+                         f"{_READABLE_FORMATS}.")
+  if meta["format"] == "k4p1-patch-v1":  # kinds + statistics; private copies under copy.<i>
+    kinds = meta["patch"]
+    spec = parse_patch(",".join(kinds), meta.get("statistics", "batch"), meta["train_base"])
+    meta["patch"] = patches.record(patches.check(spec))
+    arrays = {("base." + k[len("copy."):] if k.startswith("copy.") else k): v
+              for k, v in arrays.items()}
   return meta, arrays
+
+
+def patch_spec_of(meta: dict):
+  """The PatchSpec a patch file's record describes."""
+  return patches.from_record(meta["patch"])
 
 
 def load_patch(models: TaskModels, task: str, path: str, check_base_weights: bool = True):
@@ -151,8 +142,8 @@ def load_patch(models: TaskModels, task: str, path: str, check_base_weights: boo
   unexpected = sorted(set(arrays) - set(variables))
   if missing or unexpected:
     raise PatchFileError(
-        f"{path!r} (patch {meta['patch']}) does not match task {task!r} (patch "
-        f"{sorted(t.spec.patch.kinds)}): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        f"{path!r} (patch {patches.label(patch_spec_of(meta))}) does not match task {task!r} "
+        f"(patch {patches.label(t.spec.patch)}): missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}.")
   for key, v in variables.items():
     if tuple(v.shape) != arrays[key].shape:
@@ -167,7 +158,7 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
   """Builds a task model from a patch file's record and loads the file onto it."""
   meta, _ = read_patch(path)
   name = name or meta["task"]
-  patch = parse_patch(",".join(meta["patch"]), meta["statistics"], meta["train_base"])
+  patch = patch_spec_of(meta)
   recorded = meta.get("dataset")  # absent in files written before it was recorded
   dataset = (DatasetSpec(**{**recorded, "classes": tuple(recorded["classes"])}) if recorded
              else DatasetSpec(source="none"))
@@ -184,11 +175,11 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
 def serving_function(models: TaskModels, task: str):
   """tf.function: uint8 images (any size) -> {'probabilities', 'classes'} for `task`."""
   model = models.tasks[task].model
-  size = models.backbone.input_size
+  spec = models.backbone.input_spec
 
-  @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+  @tf.function(input_signature=[spec.serving_spec()])
   def serve(images):
-    x = tf.image.resize(tf.cast(images, tf.float32), (size, size), method="bilinear")
+    x = spec.to_model_input(images)
     probabilities = tf.nn.softmax(model(x, training=False), axis=-1)
     return {"probabilities": probabilities,
             "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
@@ -204,7 +195,7 @@ def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> 
   """What a client needs to call the export: signatures, class counts, mixed-task ids."""
   return {
       "signatures": {t: {"num_classes": models.tasks[t].num_classes,
-                         "patch": sorted(models.tasks[t].spec.patch.kinds)} for t in tasks},
+                         "patch": patch_names(models.tasks[t].spec.patch)} for t in tasks},
       "serving_default": tasks[0],
       "mixed": ({"signature": MIXED_SIGNATURE, "task_ids": {t: i for i, t in
                                                            enumerate(mixed_tasks)}}
@@ -222,7 +213,7 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     tasks: one signature each, in order; the first is also `serving_default`.
     path: the SavedModel folder (written to a temporary folder beside it, then renamed).
     mixed: optional k4p1.mixed.mixed_serving_function(models, tasks): exported as the `mixed`
-      signature (images plus a task id per example, one backbone pass; task ids are positions
+      signature (images plus a task id per example, routed by task in the graph; task ids are positions
       in its task list).
 
   Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids.
@@ -246,22 +237,9 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     for obj in mixed.keras_objects:
       archive.track(obj)
     archive.add_endpoint(MIXED_SIGNATURE, mixed)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-  try:
+  with atomic_directory(path) as tmp:
     archive.write_out(tmp, verbose=False)
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, TASK_INDEX), "w") as f:
       json.dump(task_index(models, list(tasks), mixed_tasks), f, indent=2)
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
-      os.replace(path, os.path.join(old, "x"))
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return path

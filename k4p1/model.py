@@ -18,9 +18,11 @@ import dataclasses
 
 import keras
 
-from k4p1.backbones import Backbone, Preprocess, architecture_fingerprint, weights_fingerprint
+from k4p1 import patches
+from k4p1.backbones import Backbone, architecture_fingerprint, weights_fingerprint
+from k4p1.frontends import InputSpec
 from k4p1.config import TaskSpec
-from k4p1.patching import PatchedModel, patch_model
+from k4p1.patches import PatchedModel, patch_model
 
 
 def _unique(variables):
@@ -30,13 +32,6 @@ def _unique(variables):
       seen.add(id(v))
       out.append(v)
   return out
-
-
-def _all_layers(model):
-  for layer in model.layers:
-    yield layer
-    if isinstance(layer, keras.Model):
-      yield from _all_layers(layer)
 
 
 def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int:
@@ -66,14 +61,39 @@ def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int
   return k
 
 
+def assemble_task_model(input_spec: InputSpec, frontend, backbone: keras.Model,
+                        head: keras.layers.Layer, name: str) -> keras.Model:
+  """frontend -> backbone -> global average pooling (of a feature map) -> head.
+
+  The one place a task model is put together: training (TaskModels.add) and deployment
+  (k4p1.fold.fold_task, with plain layers) both call it.
+
+  Args:
+    input_spec: what the model takes.
+    frontend: a layer, or a list of layers applied in order (may be empty).
+    backbone: the (patched or folded) feature extractor.
+    head: the classifier.
+    name: the model's name.
+  """
+  inputs = input_spec.keras_input()
+  x = inputs
+  for layer in frontend if isinstance(frontend, (list, tuple)) else [frontend]:
+    x = layer(x)
+  x = backbone(x)
+  if len(x.shape) == 4:
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+  return keras.Model(inputs, head(x), name=name)
+
+
 @dataclasses.dataclass
 class TaskModel:
   """One task's Keras model and the bookkeeping around it."""
   spec: TaskSpec
   num_classes: int
-  model: keras.Model       # uint8/float images in [0, 255] -> logits
+  model: keras.Model       # float images in [0, 255] -> logits
   patched: PatchedModel
   head: keras.layers.Dense
+  frontend: keras.layers.Layer
 
   @property
   def name(self) -> str:
@@ -90,6 +110,12 @@ class TaskModels:
   def __init__(self, backbone: Backbone):
     self.backbone = backbone
     self.tasks: dict[str, TaskModel] = {}
+    self._kinds: dict[str, dict] = {}
+    # TaskModels owns the trainable flags (they pick BN's mode per phase, see activate). What
+    # is learnable is read once, here and in add(), while every flag is still True, so the
+    # explicit variable lists below never depend on which task was activated last.
+    backbone.model.trainable = True
+    self._learnable_shared = [v for v in _unique(backbone.model.variables) if v.trainable]
 
   @property
   def base(self) -> keras.Model:
@@ -105,44 +131,92 @@ class TaskModels:
     if num_classes < 2:
       raise ValueError(f"Task {spec.name!r} needs at least 2 classes. Received: {num_classes}")
     patched = patch_model(self.base, spec.name, spec.patch)
-    size = self.backbone.input_size
-    images = keras.Input((size, size, 3), name="images")
-    x = Preprocess(self.backbone.preprocessing, name="preprocess")(images)
-    x = patched.model(x)
-    if len(x.shape) == 4:
-      x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    frontend = self.backbone.frontend()
     head = keras.layers.Dense(
         num_classes, name=f"logits_{spec.name}",
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
-    logits = head(x)
-    model = keras.Model(images, logits, name=f"k4p1_{spec.name}")
-    task = TaskModel(spec, num_classes, model, patched, head)
+    model = assemble_task_model(self.backbone.input_spec, frontend, patched.model, head,
+                                name=f"k4p1_{spec.name}")
+    task = TaskModel(spec, num_classes, model, patched, head, frontend)
     self.tasks[spec.name] = task
+    self._kinds[spec.name] = self._read_variable_kinds(spec.name)
     return task
 
-  def activate(self, name: str) -> TaskModel:
-    """Sets `trainable` flags for training task `name`; returns it.
+  def activate(self, name: str, variables=None) -> TaskModel:
+    """Sets `trainable` flags for training task `name`; returns it. Once per phase.
 
-    The shared base is trainable only if the task has train_base; the task's patch layers are
-    trainable; its classifier is trainable only with 'last_layer'. A frozen base BN runs in
-    inference mode (moving statistics), so training one task never moves the base's statistics.
+    The flags matter because a Keras BatchNormalization normalises with batch statistics only
+    when called with training=True AND trainable. By default the shared base is trainable only
+    if the task has train_base; the task's patch layers are trainable; its classifier only with
+    'last_layer'. A frozen base BN runs in inference mode (moving statistics), so training one
+    task never moves the base's statistics.
+
+    With `variables` (a phase that trains an explicit subset), exactly the layers owning one
+    of them are trainable; every other layer of the task runs in inference mode.
     """
     task = self.tasks[name]
+    if variables is not None:
+      wanted = {id(v) for v in variables}
+      task.model.trainable = False
+      for layer in patches.all_layers(task.model):
+        if not isinstance(layer, keras.Model) and any(id(v) in wanted for v in layer.weights):
+          layer.trainable = True
+      for layer in self.base.layers:  # a wrapper's setter recursed into its shared layer
+        layer.trainable = any(id(v) in wanted for v in layer.weights)
+      return task
+    task.model.trainable = True               # undo a previous phase's subset
     for layer in task.patched.model.layers:   # patches and private copies first: their setter
       layer.trainable = True                  # recurses into wrapped (shared) layers ...
     for layer in self.base.layers:            # ... which the base flags then override.
       layer.trainable = task.spec.patch.train_base
-    task.head.trainable = task.spec.patch.has("last_layer")
+    task.head.trainable = task.spec.patch.train_head
     return task
 
   def batch_statistics_layers(self, name: str) -> list:
     """The BN layers that task `name` trains with batch statistics (call after activate)."""
-    from k4p1.patch_layers import ScaleBiasPatch
     out = []
-    for layer in _all_layers(self.tasks[name].model):
+    for layer in patches.all_layers(self.tasks[name].model):
       if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
-        if not (isinstance(layer, ScaleBiasPatch) and layer.statistics == "frozen"):
+        if getattr(layer, "uses_batch_statistics", True):
           out.append(layer)
+    return out
+
+  def variable_kinds(self, name: str) -> dict:
+    """{id(variable): (component, learned)} for task `name`'s own variables.
+
+    The component is the patch kind whose layer owns the variable, or 'last_layer' for the
+    classifier; `learned` says whether training changes it by gradient (the patch layer
+    declares it; read when the task was added). Changes no model state.
+    """
+    return self._kinds[name]
+
+  def trainable_variables(self, name: str) -> list:
+    """Exactly what training task `name` changes by gradient, explicitly.
+
+    Its patch's learned variables, its classifier if it trains it (`last_layer`), and the
+    shared base's learnable variables if it trains the base (`train_base`). Independent of the
+    layers' trainable flags.
+    """
+    task = self.tasks[name]
+    kinds = self._kinds[name]
+    own = [v for v in self.task_variables(name) if kinds[id(v)][1]]
+    return _unique(own + (self._learnable_shared if task.spec.patch.train_base else []))
+
+  def learnable_shared_variables(self) -> list:
+    """The shared base's variables that gradient training may change (not BN statistics)."""
+    return list(self._learnable_shared)
+
+  def _read_variable_kinds(self, name: str) -> dict:
+    task = self.tasks[name]
+    out = {}
+    for layer, _, kind_name in task.patched.patch_layers:
+      learned, fixed = patches.kind(kind_name).variables(layer)
+      for v in learned:
+        out.setdefault(id(v), (kind_name, True))
+      for v in fixed:
+        out.setdefault(id(v), (kind_name, False))
+    for v in task.head.weights:
+      out[id(v)] = ("last_layer", task.spec.patch.train_head)
     return out
 
   def task_variables(self, name: str) -> list:
@@ -169,11 +243,8 @@ class TaskModels:
 
     for v in task.head.weights:
       sites[id(v)] = f"head/{v.name}"
-    for patch_layer, base_layer in task.patched.patch_layers:
-      claim(f"base.{index[id(base_layer)]}", patch_layer)
-    if task.patched.private_copy:
-      for i, layer in enumerate(task.patched.model.layers):
-        claim(f"copy.{i}", layer)
+    for task_layer, base_layer, _ in task.patched.patch_layers:
+      claim(f"base.{index[id(base_layer)]}", task_layer)
     missing = own - set(sites)
     if missing:
       raise ValueError(f"Task {name!r}: {len(missing)} task variables have no known site.")

@@ -29,8 +29,10 @@ import tempfile
 
 import numpy as np
 
+from k4p1.errors import K4P1Error
 
-class QATError(RuntimeError):
+
+class QATError(K4P1Error, RuntimeError):
   """Quantization-aware training could not run; the message says what failed."""
 
 
@@ -66,8 +68,8 @@ def write_task(models, task: str, images: np.ndarray, labels: np.ndarray, path: 
   if t.patched.private_copy or t.spec.patch.train_base:
     own = [l.name for l in backbone.layers if l.weights]
   else:
-    own = sorted({base.name for _, base in t.patched.patch_layers})
-  own += ["logits"] if t.spec.patch.has("last_layer") else []
+    own = sorted({base.name for _, base, _ in t.patched.patch_layers})
+  own += ["logits"] if t.spec.patch.train_head else []
   meta = {"alpha": _mobilenet_alpha(models.base), "size": models.backbone.input_size,
           "num_classes": t.num_classes, "layers": names, "task": task, "trainable": own}
   np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),

@@ -11,10 +11,8 @@ import math
 
 import numpy as np
 
-from k4p1.model import TaskModels, _unique
-from k4p1.patching import patch_layers_of
-
-COMPONENTS = ("scale_bias", "bn_stats", "depthwise", "channel_scale_bias", "full", "last_layer")
+from k4p1 import patches
+from k4p1.model import TaskModels
 
 
 def _count(variables) -> int:
@@ -22,37 +20,33 @@ def _count(variables) -> int:
 
 
 def task_parameters(models: TaskModels, name: str) -> dict:
-  """Counts for one task (its trainable flags are set as for training it).
+  """Counts for one task; reads no trainable flag and changes no model state.
 
   Returns a dict with:
-    components: {kind: {"learned": n, "fixed": n}} for the task's own variables
-      ("fixed": statistics, or a classifier left at its random init).
+    components: {kind: {"learned": n, "fixed": n}} for the task's own variables, as each patch
+      layer declares them ("fixed": statistics, or a classifier left at its random init).
     trainable: every parameter trained with this task (shared ones too if train_base).
     task_specific: parameters only this task has (learned + fixed).
     shared: parameters of the shared base.
     share_of_base: task_specific / shared.
   """
-  task = models.activate(name)
-  trainable = {id(v) for v in task.model.trainable_variables}
-  owner = {}
-  for layer in patch_layers_of(task.patched.model):
-    for v in layer.weights:
-      owner.setdefault(id(v), layer.kind)
-  for v in task.head.weights:
-    owner[id(v)] = "last_layer"
+  task = models.tasks[name]
+  kinds = models.variable_kinds(name)
   components = {}
   for v in models.task_variables(name):
-    kind = owner.get(id(v), "full")
+    kind, learned = kinds[id(v)]
     entry = components.setdefault(kind, {"learned": 0, "fixed": 0})
-    entry["learned" if id(v) in trainable else "fixed"] += int(np.prod(v.shape))
+    entry["learned" if learned else "fixed"] += int(np.prod(v.shape))
   shared = _count(models.shared_variables())
   specific = sum(c["learned"] + c["fixed"] for c in components.values())
+  order = {k.name: k.order for k in patches.kinds_of(task.spec.patch)}
+  order["last_layer"] = 1000
   return {
       "task": name,
-      "patch": task.spec.patch.label,
+      "patch": patches.label(task.spec.patch),
       "num_classes": task.num_classes,
-      "components": {k: components[k] for k in COMPONENTS if k in components},
-      "trainable": _count(_unique(task.model.trainable_variables)),
+      "components": dict(sorted(components.items(), key=lambda kv: order.get(kv[0], 999))),
+      "trainable": _count(models.trainable_variables(name)),
       "task_specific": specific,
       "shared": shared,
       "share_of_base": specific / shared if shared else float("nan"),

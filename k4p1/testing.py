@@ -8,15 +8,23 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 
+from k4p1 import patches
 from k4p1.backbones import build_backbone
 from k4p1.config import (BackboneSpec, DatasetSpec, TaskSpec, base_config, dataset_config,
-                         parse_patch, task_config)
+                         task_config)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "digits.py") + ":smoke"
 
 
 def tiny_mobilenet_v2(alpha=0.35, size=32, seed=0):
@@ -41,7 +49,7 @@ def calibrated_mobilenet_v2(alpha=0.35, size=32, seed=0, batches=4):
 
 def tiny_task(name, patch, statistics="batch", train_base=False) -> TaskSpec:
   return TaskSpec(name=name, dataset=DatasetSpec(source="digits"),
-                  patch=parse_patch(patch, statistics, train_base))
+                  patch=patches.parse_patch(patch, statistics, train_base))
 
 
 def random_images(n=4, size=32, seed=0) -> np.ndarray:
@@ -64,3 +72,39 @@ def tiny_config(source="digits", name="", steps=4, patch="scale_bias,last_layer"
   c.tasks.patched = task_config(dataset=ds_b, patch=patch, steps=steps)
   c.task_order = "base,patched"
   return c
+
+
+class SmokeRunError(RuntimeError):
+  """`train.py --config=configs/digits.py:smoke` failed (the message holds its stderr tail)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _smoke_run() -> tuple[str, str]:
+  """(workdir, error): the smoke run, done once per process; error is "" on success."""
+  root = tempfile.mkdtemp(prefix="k4p1_smoke_")
+  atexit.register(shutil.rmtree, root, True)
+  workdir = os.path.join(root, "run")
+  try:
+    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py"),
+                          f"--config={SMOKE_CONFIG}", f"--workdir={workdir}"],
+                         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  except subprocess.TimeoutExpired as e:
+    return workdir, f"timed out after {e.timeout} s"
+  if out.returncode != 0:
+    return workdir, f"exit code {out.returncode}:\n{out.stderr[-3000:]}"
+  return workdir, ""
+
+
+def smoke_run_workdir() -> str:
+  """A workdir of `train.py --config=configs/digits.py:smoke`, trained once per process.
+
+  Shared by every test that calls it (deploy, TFLite, serving, benchmark smokes): read it, never
+  write to it; a test that changes a workdir copies this one first (shutil.copytree). The folder
+  is removed when the interpreter exits. A failed run is cached too (one attempt per process)
+  and raises SmokeRunError in every caller.
+  """
+  workdir, error = _smoke_run()
+  if error:
+    raise SmokeRunError(f"train.py --config={SMOKE_CONFIG} failed: {error}")
+  return workdir

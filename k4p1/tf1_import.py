@@ -29,12 +29,14 @@ import re
 
 import numpy as np
 
+from k4p1.errors import K4P1Error
+
 # TF-slim layer names inside the MobileNetV2 scope, for Keras MobileNetV2 layer names.
 _BN_WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras BN weight order
 _BLOCK = re.compile(r"^block_(\d+)_(expand|depthwise|project)(_BN)?$")
 
 
-class TF1ImportError(ValueError):
+class TF1ImportError(K4P1Error, ValueError):
   """A TF1 graph or checkpoint cannot be mapped onto the Keras model; the message says why."""
 
 

@@ -6,11 +6,14 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 import tensorflow as tf
 
 from k4p1.testing import REPO_ROOT
 
 
+# ~200 s in all: each smoke starts TF in a subprocess and trains or converts (the CI slow tier).
+@pytest.mark.large
 class BenchSmokeTest(tf.test.TestCase):
 
   def _run_smoke(self, script):
@@ -29,9 +32,12 @@ class BenchSmokeTest(tf.test.TestCase):
     self.assertEqual(regimes, ["full_fine_tuning", "full_fine_tuning_stock_keras_bn",
                                "scale_bias_batch_stats",
                                "scale_bias_frozen_stats", "depthwise_last_layer",
-                               "last_layer_only"])
+                               "last_layer_only", "reference_plain_step",
+                               "scale_bias_frozen_stats_stock_keras"])
+    self.assertGreater(result["step_machinery_ratio"], 0)
     for r in result["results"]:
       self.assertGreater(r["images_per_second"], 0)
+      self.assertGreater(r["cpu_ms_per_image"], 0)
       self.assertAlmostEqual(r["ratio_to_full"],
                              r["images_per_second"] / result["results"][0]["images_per_second"],
                              delta=0.01)

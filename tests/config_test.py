@@ -8,6 +8,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from k4p1 import config as config_lib
+from k4p1 import experiment
 from k4p1.testing import REPO_ROOT, tiny_config
 
 # configs/*.py are train.py configs; configs/analysis/ holds bench-script settings.
@@ -36,10 +37,10 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     if config.backbone.name == "ssd_mobilenet_v2" and not config.backbone.weights:
       with config.unlocked():
         config.backbone.weights = "/some/frozen_inference_graph.pb"
-    spec = config_lib.validate(config)
+    spec = experiment.resolve(config)
     self.assertNotEmpty(spec.tasks)
     for task in spec.tasks:
-      self.assertNotEmpty(task.patch.kinds | ({"base"} if task.patch.train_base else set()))
+      self.assertTrue(task.patch.kinds or task.patch.train_head or task.patch.train_base)
 
 
   def test_transfer_table_cells(self):
@@ -60,6 +61,27 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(frozen.tasks.scale_bias_last_layer.statistics, "frozen")
     with self.assertRaisesRegex(ValueError, "BACKBONE,DATASET,LR.*Received: 'ssd,mnist,0.1'"):
       module.get_config("ssd,mnist,0.1")
+
+  def test_transfer_regimes_backbones_and_aliases(self):
+    module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", "transfer.py"))
+    for regime in module.REGIMES:
+      for backbone in module.BACKBONES:
+        spec = experiment.resolve(module.get_config(f"{regime},backbone={backbone}"))
+        self.assertEqual(spec.tasks[0].lr, module.REGIMES[regime][2])
+    full = experiment.resolve(module.get_config("full,lr=0.01,epochs=2"))
+    self.assertEqual((full.tasks[0].lr, full.tasks[0].epochs), (0.01, 2.0))
+    self.assertEqual(full.tasks[0].patch.kinds, frozenset({"full"}))
+    # The former files are aliases of it, field for field.
+    for alias, arg in (("mobilenet_v2_scale_bias_frozen.py", "scale_bias_frozen"),
+                       ("inception_v3_scale_bias.py", "scale_bias,backbone=inception_v3")):
+      self.assertEqual(_load(os.path.join(REPO_ROOT, "configs", alias)).to_dict(),
+                       module.get_config(arg).to_dict())
+    with self.assertRaisesRegex(config_lib.ConfigError, "unknown regime 'scale_bais'"):
+      module.get_config("scale_bais")
+    with self.assertRaisesRegex(config_lib.ConfigError, "Did you mean 'lr'"):
+      module.get_config("full,lrr=0.1")
+    with self.assertRaisesRegex(config_lib.ConfigError, "must be a float"):
+      module.get_config("full,lr=fast")
 
   def test_ssd_backbone_needs_weights(self):
     config = tiny_config()
@@ -86,14 +108,14 @@ class ValidationTest(tf.test.TestCase):
     config.backbone.name = "mobilenet_v3"
     with self.assertRaisesRegex(config_lib.ConfigError, "Unknown backbone 'mobilenet_v3'.*Did "
                                 "you mean 'mobilenet_v2'"):
-      config_lib.validate(config)
+      experiment.resolve(config)
 
   def test_unknown_patch_kind_names_the_task(self):
     config = tiny_config()
     config.tasks.patched.patch = "scale_bias,dw"
     with self.assertRaisesRegex(config_lib.ConfigError, r"Unknown patch kind 'dw' in "
                                 r"tasks.patched.patch"):
-      config_lib.validate(config)
+      experiment.resolve(config)
 
   def test_task_order_must_name_known_tasks(self):
     config = tiny_config()

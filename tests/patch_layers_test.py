@@ -5,9 +5,11 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from k4p1.backbones import Preprocess
-from k4p1.patch_layers import (ChannelScaleBiasPatch, DepthwisePatch, FusedBatchNormalization,
-                               ScaleBiasPatch)
+from k4p1.frontends import ImageFrontend as Preprocess
+from k4p1.patches.batchnorm import FusedBatchNormalization
+from k4p1.patches.channel_scale_bias import ChannelScaleBiasPatch
+from k4p1.patches.depthwise import DepthwisePatch
+from k4p1.patches.scale_bias import ScaleBiasPatch
 
 
 def _built_bn(channels=4, scale=True, seed=0):

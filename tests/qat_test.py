@@ -3,6 +3,7 @@
 import importlib.util
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from k4p1.backbones import Backbone
@@ -18,6 +19,7 @@ HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tf_keras",
 
 class QATTest(tf.test.TestCase):
 
+  @pytest.mark.large  # ~110 s: QAT fine-tuning in a tf_keras subprocess
   def test_qat_int8_file(self):
     if not HAVE_TFMOT:
       self.skipTest("tf-keras / tensorflow-model-optimization not installed "

@@ -143,14 +143,14 @@ class CheckpointTest(tf.test.TestCase):
       build_backbone(BackboneSpec("ssd_mobilenet_v2", alpha=1.0, input_size=32, weights=prefix))
 
   def test_training_modes_on_the_ssd_backbone(self):
-    from k4p1 import trainer
+    from k4p1 import experiment
     from k4p1.testing import tiny_config
     config = tiny_config(steps=2, patch="scale_bias,depthwise,last_layer")
     config.backbone.update(name="ssd_mobilenet_v2", weights=self.write(self.tensors))
     config.tasks.base.update(patch="full,last_layer", train_base=False)
     config.export.enabled = False
     workdir = os.path.join(self.dir, "run")
-    result = trainer.run(config, workdir, "train")
+    result = experiment.run(config, workdir, "train")
     for row in result["tasks"]:
       self.assertEqual(row["steps_done"], 2)
     patched = {r["task"]: r for r in result["tasks"]}["patched"]
@@ -192,7 +192,7 @@ class RealSSDGraphTest(tf.test.TestCase):
     self.assertGreater(np.abs(graph_out).max(), 1.0)  # not a trivially zero featurizer
 
   def test_from_uint8_image_through_the_detector_preprocessor(self):
-    from k4p1.backbones import Preprocess
+    from k4p1.frontends import ImageFrontend as Preprocess
     image = np.random.RandomState(1).randint(0, 256, (1, 300, 300, 3)).astype("uint8")
     graph_out = self.run_graph(SCOPE + "Conv_1/Relu6:0", {"image_tensor:0": image})
     ours = self.keras(Preprocess("tf")(image.astype("float32")), training=False)
@@ -206,3 +206,7 @@ class RealSSDGraphTest(tf.test.TestCase):
                                              weights=prefix)).model
     for a, b in zip(from_ckpt.weights, self.keras.weights):
       self.assertAllEqual(a, b)
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow.python.saved_model import loader_impl
 
-from k4p1 import trainer
+from k4p1 import experiment
+from k4p1.data import DataError
 from k4p1.testing import REPO_ROOT, tiny_config
 
 TRAIN = os.path.join(REPO_ROOT, "train.py")
@@ -37,7 +40,7 @@ class InProcessTest(tf.test.TestCase):
     self.addCleanup(shutil.rmtree, workdir, True)
     config = tiny_config(source="tfds", name="cifar100", steps=3, classes=("", ""))
     with tfds.testing.mock_data(num_examples=40):
-      result = trainer.run(config, workdir, "train")
+      result = experiment.run(config, workdir, "train")
     rows = {r["task"]: r for r in result["tasks"]}
     self.assertEqual(set(rows), {"base", "patched"})
     for row in rows.values():
@@ -52,6 +55,26 @@ class InProcessTest(tf.test.TestCase):
     self.assertEqual(_signatures(os.path.join(workdir, "saved_model")),
                      {"base", "patched", "serving_default", "__saved_model_init_op"})
     self.assertTrue(os.listdir(os.path.join(workdir, "tensorboard", "patched")))
+
+  def test_tfds_is_not_downloaded_unless_data_download_is_set(self):
+    """What train.py does with a tfds dataset it does not have: tfds.load(download=False)."""
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, True)
+    config = tiny_config(source="tfds", name="cifar100", steps=1, classes=("", ""))
+    config.data.data_dir = workdir
+    self.assertFalse(config.data.download)  # the default
+    not_found = AssertionError("Dataset cifar100: could not find data in the data_dir")
+    with mock.patch.object(tfds, "load", side_effect=not_found) as load:
+      with self.assertRaisesRegex(DataError, "not prepared.*--config.data.download=True"):
+        experiment.run(config, os.path.join(workdir, "run"), "train")
+    self.assertTrue(load.call_args_list)
+    self.assertIs(load.call_args_list[0].kwargs["download"], False)
+    self.assertEqual({c.kwargs["download"] for c in load.call_args_list}, {False})
+    config.data.download = True  # the switch reaches tfds.load
+    with mock.patch.object(tfds, "load", side_effect=not_found) as load:
+      with self.assertRaises(DataError):
+        experiment.run(config, os.path.join(workdir, "run2"), "train")
+    self.assertIs(load.call_args_list[0].kwargs["download"], True)
 
 
 class BinaryTest(tf.test.TestCase):
@@ -91,6 +114,7 @@ class BinaryTest(tf.test.TestCase):
     self.assertIn("scale_bias", out.stdout)
     self.assertIn("trainable: 20,485", out.stdout)  # 14,080 S/B + 6,405 classifier (0.35 @32)
 
+  @pytest.mark.large  # ~50 s: trains until a checkpoint, kills, trains again
   def test_resume_after_kill(self):
     args = [f"--config={DIGITS}:smoke", f"--workdir={self.workdir}",
             "--config.tasks.digits_0_4.steps=300", "--config.train.checkpoint_every=10",
@@ -115,6 +139,7 @@ class BinaryTest(tf.test.TestCase):
     with open(os.path.join(self.workdir, "metrics.json")) as f:
       self.assertEqual([r["steps_done"] for r in json.load(f)["tasks"]], [300, 3, 3])
 
+  @pytest.mark.large  # ~30 s on the shared data (real CIFAR-10 JPEGs)
   def test_random_weights_config_smoke_on_real_cifar10(self):
     data_dir = os.environ.get("K4P1_DATA_DIR", "")
     if not os.path.exists(os.path.join(data_dir, "cifar10", "cifar10_jpeg.tar.gz")):
@@ -146,12 +171,15 @@ class BinaryTest(tf.test.TestCase):
                                "Unknown patch kind 'sb'")
     self._assert_clean_failure(_run(base + ["--config.backbone.weights=/nonexistent/w.h5"]),
                                "weights file not found")
-    start = time.time()
-    self._assert_clean_failure(_run(base + [
+    # Offline, a tfds dataset that is not prepared fails at once: no download is attempted
+    # (download=False is what reaches tfds.load: InProcessTest.test_tfds_is_not_downloaded...).
+    out = _run(base + [
         "--config.tasks.digits_0_4.dataset.source=tfds",
         "--config.tasks.digits_0_4.dataset.name=cifar100",
-        f"--config.data.data_dir={tempfile.mkdtemp()}"]), "not prepared")
-    self.assertLess(time.time() - start, 60)
+        f"--config.data.data_dir={tempfile.mkdtemp()}"])
+    self._assert_clean_failure(out, "not prepared")
+    self.assertIn("--config.data.download=True", out.stderr)
+    self.assertNotIn("Downloading", out.stderr)
     self._assert_clean_failure(_run(base + ["--mode=eval"]), "No checkpoint")
 
 

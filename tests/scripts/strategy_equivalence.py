@@ -20,7 +20,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 from k4p1.model import recompute_batch_statistics  # noqa: E402
 from k4p1.testing import random_images, tiny_config  # noqa: E402
-from k4p1.trainer import Trainer  # noqa: E402
+from k4p1.experiment import resolve  # noqa: E402
+from k4p1.train.trainer import Trainer  # noqa: E402
 
 
 def main(strategy):
@@ -32,7 +33,7 @@ def main(strategy):
   if strategy == "mirrored":
     config.runtime.devices = "/cpu:0,/cpu:1"
   config.train.bn_recompute_batches = 0
-  trainer = Trainer(config, tempfile.mkdtemp())
+  trainer = Trainer(resolve(config), tempfile.mkdtemp())
   # Give the random base realistic BN statistics, identically for every strategy.
   base = trainer.models.base
   bns = [l for l in base.layers if isinstance(l, keras.layers.BatchNormalization)]

@@ -1,0 +1,41 @@
+"""What every benchmark shares: the import path, machine facts, load check, result writing.
+
+Benchmarks run as `python bench/NAME.py`, so Python puts bench/ (not the repository) on the
+path; importing this module adds the repository root once.
+
+Example:
+  import common  # noqa: F401  (first: makes `import k4p1` work)
+  common.write_result(path, {"benchmark": "x", **common.machine(), "results": rows})
+"""
+
+import os
+import platform
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+
+def machine() -> dict:
+  """CPU count, platform, library versions and the load average when measuring started."""
+  import keras
+  import tensorflow as tf
+  load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+  return {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                      "tensorflow": tf.__version__, "keras": keras.__version__,
+                      "load_average_1min_at_start": round(load, 2)}}
+
+
+def warn_if_busy(threshold: float = 0.5):
+  """Prints a warning when the machine is not quiet (timings would not be trustworthy)."""
+  if hasattr(os, "getloadavg") and os.getloadavg()[0] > threshold:
+    print(f"warning: load average {os.getloadavg()[0]:.2f} > {threshold}: other work is "
+          f"running; speed figures from this run are not trustworthy.", file=sys.stderr)
+
+
+def write_result(path: str, result: dict):
+  """Writes the result JSON atomically (creating its folder) and says where."""
+  from k4p1.files import atomic_write_json
+  atomic_write_json(path, result)
+  print(f"wrote {path}")

@@ -1,0 +1,154 @@
+"""The composition root: config -> checked spec -> trainer -> patch files, report, export.
+
+`resolve(config)` validates the config's structure (k4p1.config) and then looks up every name
+it uses in its registry (backbone, data sources, patch kinds and their options, strategy,
+optimizer), so that a typo fails with a "did you mean" before anything is built, read or
+written. `run(config, workdir, mode)` is what train.py calls:
+
+  train   train every phase not yet finished (resuming from the last checkpoint), evaluate,
+          write metrics.json and patch files, print the table, export a SavedModel.
+  eval    restore the last checkpoint and evaluate every task.
+  params  print the parameter report (no data, no training).
+  export  restore the last checkpoint and export the SavedModel.
+
+Workdir layout:
+  config.json, metrics.json, params.json, checkpoints/, tensorboard/<task>/,
+  patches/<task>.k4p1.npz, base.weights.h5 (when a task trained the base), saved_model/
+
+Example:
+  spec = resolve(config)                 # ConfigError on any unknown name
+  result = run(config, "/tmp/run")       # the metrics.json content
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from k4p1 import config as config_lib
+from k4p1 import patches
+from k4p1.errors import ConfigError
+from k4p1.files import atomic_write_text
+from k4p1.backbones import BACKBONES
+from k4p1.data import DATA_SOURCES
+from k4p1.train.optimizers import OPTIMIZERS
+from k4p1.train.strategies import STRATEGIES
+
+
+def check_names(spec: config_lib.ExperimentSpec) -> config_lib.ExperimentSpec:
+  """Looks up every registered name in `spec`; returns it unchanged.
+
+  Raises:
+    ConfigError: an unknown name (with the closest known one) or bad patch options.
+  """
+  BACKBONES.lookup(spec.backbone.name)
+  STRATEGIES.lookup(spec.runtime.strategy)
+  OPTIMIZERS.lookup(spec.optimizer.name)
+  for task in spec.tasks:
+    DATA_SOURCES.lookup(task.dataset.source, f"tasks.{task.name}.dataset.source")
+    patches.check(task.patch, f"tasks.{task.name}.patch")
+  return spec
+
+
+def resolve(config) -> config_lib.ExperimentSpec:
+  """The checked, frozen spec of a ConfigDict (structure first, then every name)."""
+  return check_names(config_lib.validate(config))
+
+
+MODES = ("train", "eval", "params", "export")
+
+
+def _write_json(path: str, obj):
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def patch_sizes(models) -> dict:
+  """Bytes each task's patch file has (computed in memory, nothing written)."""
+  from k4p1 import export as export_lib
+  return {n: len(export_lib.patch_bytes(models, n)) for n in models.tasks}
+
+
+def save_patches(models, workdir: str) -> dict:
+  """Writes patches/<task>.k4p1.npz for every task; returns their sizes."""
+  from k4p1 import export as export_lib
+  return {name: export_lib.save_patch(models, name, os.path.join(workdir, "patches",
+                                                                 f"{name}.k4p1.npz"))
+          for name in models.tasks}
+
+
+def save_base(spec, models, workdir: str):
+  """Writes base.weights.h5 when a task trained the shared base (deploy.py rebuilds from it)."""
+  if not any(t.patch.train_base for t in spec.tasks):
+    return None
+  path = os.path.join(workdir, "base.weights.h5")
+  tmp = os.path.join(workdir, ".tmp-base.weights.h5")
+  models.base.save_weights(tmp)
+  os.replace(tmp, path)
+  return path
+
+
+def export(spec, models, workdir: str) -> str:
+  """The multi-task SavedModel of `spec.export` under workdir/saved_model."""
+  from k4p1 import export as export_lib
+  from k4p1 import mixed as mixed_lib
+  path = os.path.join(workdir, "saved_model")
+  mixed = list(spec.export.mixed_tasks)
+  mixed_fn = mixed_lib.mixed_serving_function(models, mixed) if mixed else None
+  export_lib.export_saved_model(models, list(spec.export.tasks), path, mixed=mixed_fn)
+  return path
+
+
+def run(config, workdir: str, mode: str = "train") -> dict:
+  """Runs `mode` (see module docstring) and returns what it wrote to its JSON file."""
+  from k4p1 import report as report_lib
+  from k4p1.train.trainer import Trainer
+  if mode not in MODES:
+    raise ConfigError(f"Unknown mode {mode!r}. Modes: {', '.join(MODES)}")
+  if mode == "params":
+    if config.backbone.name != "keras_file" and config.backbone.weights != "none":
+      config = config.copy_and_resolve_references()
+      with config.unlocked():
+        config.backbone.weights = "none"  # counts depend on the architecture only
+  spec = resolve(config)
+  # Everything that can fail on bad input (config, weights, data) happens before the workdir
+  # is created, so a failed start leaves nothing behind.
+  trainer = Trainer(spec, workdir, with_data=mode in ("train", "eval"))
+  models = trainer.models
+  if mode in ("eval", "export"):
+    trainer.restore(require=True)
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  if mode == "params":
+    rows = report_lib.parameter_report(models, patch_sizes(models))
+    print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
+    _write_json(os.path.join(workdir, "params.json"), rows)
+    return {"tasks": rows}
+  if mode == "export":
+    path = export(spec, models, workdir)
+    print(f"Exported {path}", flush=True)
+    return {"saved_model": path}
+
+  train_stats = {}
+  if mode == "train":
+    trainer.restore()
+    for task in spec.tasks:
+      train_stats[task.name] = trainer.train_task(task.name)
+  if mode == "train" and trainer.is_chief:
+    sizes = save_patches(models, workdir)
+    save_base(spec, models, workdir)
+  else:  # eval: the patch files on disk are already these bytes
+    sizes = patch_sizes(models)
+  rows = report_lib.parameter_report(models, sizes)
+  for row in rows:
+    row.update(trainer.evaluate(row["task"]))
+    row.update(train_stats.get(row["task"], {}))
+    row["steps_done"] = trainer.phase_steps(row["task"])
+  result = {"mode": mode, "backbone": trainer.backbone.model.name, "tasks": rows}
+  print(report_lib.format_results_table(rows), flush=True)
+  if trainer.is_chief:
+    if mode == "train" and spec.export.enabled:
+      result["saved_model"] = export(spec, models, workdir)
+      print(f"Exported SavedModel with signatures {list(spec.export.tasks)} "
+            f"to {result['saved_model']}", flush=True)
+    _write_json(os.path.join(workdir, "metrics.json"), result)
+  return result

@@ -1,0 +1,80 @@
+"""Explicit per-channel scale and bias after conv/dense layers that have no BN after them.
+
+A ScaleBiasPatch cannot reach the scale and bias of a layer without BatchNormalization after
+it (a plain network, the classifier of a backbone): this kind wraps such a layer,
+y = layer(x) * scale + bias, initialised to the identity. The wrapped layer stays shared.
+
+Example:
+  patch = ChannelScaleBiasPatch(model.get_layer("predictions"), task="flowers")
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from k4p1.patches.base import (PATCH_KINDS, PatchKind, PatchLayer, build_like,
+                               scale_output_channels, to_plain)
+
+
+@keras.saving.register_keras_serializable(package="k4p1")
+class ChannelScaleBiasPatch(PatchLayer, keras.layers.Wrapper):
+  """y = layer(x) * scale + bias, per output channel; `layer` is shared and untouched."""
+
+  kind = "channel_scale_bias"
+
+  def __init__(self, layer, task: str, base_name: str = "", **kwargs):
+    kwargs.setdefault("name", self.patch_name(layer.name, task))
+    super().__init__(layer, **kwargs)
+    self._init_patch(task, base_name or layer.name)
+
+  def build(self, input_shape=None):
+    if not self.layer.built:
+      self.layer.build(input_shape)
+    channels = self.layer.compute_output_shape(input_shape)[-1]
+    self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
+    self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
+    self.built = True
+
+  def init_from_base(self, base):
+    self.scale.assign(np.ones(self.scale.shape, "float32"))
+    self.bias.assign(np.zeros(self.bias.shape, "float32"))
+
+  def own_variables(self) -> list:
+    return [self.scale, self.bias]
+
+  def call(self, inputs, training=None):
+    return self.layer(inputs) * self.scale + self.bias
+
+  def compute_output_shape(self, input_shape):
+    return self.layer.compute_output_shape(input_shape)
+
+  def to_plain(self, name: str) -> keras.layers.Layer:
+    """The wrapped layer's plain type with scale and bias multiplied into its weights."""
+    inner = to_plain(self.layer, name)
+    config = {**inner.get_config(), "use_bias": True}
+    if config.get("activation", "linear") != "linear":
+      raise ValueError(f"{self.name}: cannot fold a scale after the nonlinear activation "
+                       f"{config['activation']!r} of {self.layer.name}.")
+    plain = build_like(type(inner).from_config(config), self.layer)
+    scale, bias = self.scale.numpy(), self.bias.numpy()
+    inner_bias = inner.bias.numpy() if inner.use_bias else np.zeros_like(bias)
+    plain.set_weights([scale_output_channels(inner.kernel.numpy(), inner, scale),
+                       inner_bias * scale + bias])
+    return plain
+
+  def get_config(self):
+    return {**super().get_config(), **self._patch_config()}
+
+
+PATCH_KINDS.register("channel_scale_bias", PatchKind(
+    name="channel_scale_bias",
+    description="explicit per-channel scale and bias after conv/dense layers with no BN after "
+                "them",
+    targets=(keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+             keras.layers.Dense),
+    build=lambda layer, task, options: ChannelScaleBiasPatch(layer, task=task,
+                                                             base_name=layer.name),
+    applies=lambda layer, graph: layer.name not in graph.followed_by_bn(),
+    target_text="conv/dense layer without BN after it",
+    order=40))

@@ -1,0 +1,300 @@
+"""The trainer: every task on one shared backbone, trained phase by phase in a custom loop
+under a tf.distribute strategy (Keras 3 `fit` fails under multi-worker and parameter-server
+strategies, so k4p1 never uses it).
+
+A *phase* trains an explicit list of variables of one task for a number of steps, with its own
+step counter in the checkpoint. A task's default phase is named after the task and trains what
+its spec says (k4p1.model.TaskModels.trainable_variables); systems with several stages (a
+warm-up, a super-net then a policy) give a task several phases. The trainable flags, which pick
+whether a BatchNormalization uses batch statistics, are set once per phase, never per step.
+Loss, accuracy and step counters stay on device and are read every `log_every` steps.
+
+The trainer builds, restores, trains and evaluates; writing patch files, reports and exports is
+the experiment's job (k4p1.experiment), so nothing here imports the deployment modules.
+
+Example:
+  trainer = Trainer(spec, workdir)
+  trainer.restore()
+  for phase in trainer.phases:
+    trainer.train_phase(phase)
+  trainer.evaluate("flowers")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from k4p1 import data as data_lib
+from k4p1.backbones import build_backbone
+from k4p1.config import ExperimentSpec
+from k4p1.model import TaskModels, recompute_batch_statistics
+from k4p1.train.optimizers import make_optimizer
+from k4p1.train.steps import StepMetrics, make_train_step
+from k4p1.train.strategies import is_chief, make_strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """One stage of training one task.
+
+  Attributes:
+    name: unique in the run; names the step counter and optimizer in the checkpoint (a task's
+      default phase is named after the task).
+    task: the task it trains.
+    steps: how many steps it runs.
+    variables: optional (models) -> the variables it trains; default: what the task's spec
+      trains (TaskModels.trainable_variables).
+    lr: its initial learning rate (0: the task's, else the optimizer's).
+  """
+  name: str
+  task: str
+  steps: int
+  variables: Optional[Callable] = None
+  lr: float = 0.0
+
+
+class Progress:
+  """A progress bar on stderr (plain lines every 10% when stderr is not a terminal)."""
+
+  def __init__(self, total: int, start: int, title: str, enabled: bool = True):
+    self.total, self.step, self.title, self.enabled = total, start, title, enabled
+    self.tty = sys.stderr.isatty()
+    self.t0, self.s0 = time.time(), start
+    self._last_decile = -1
+
+  def update(self, step: int, **values):
+    self.step = step
+    if not self.enabled:
+      return
+    frac = step / max(self.total, 1)
+    rate = (step - self.s0) / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    stats = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+    bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+    line = (f"{self.title} [{bar}] {step}/{self.total} {rate:.1f} steps/s "
+            f"eta {eta:.0f}s {stats}")
+    if self.tty:
+      sys.stderr.write("\r" + line + ("\n" if step >= self.total else ""))
+      sys.stderr.flush()
+    elif int(10 * frac) > self._last_decile or step >= self.total:
+      self._last_decile = int(10 * frac)
+      sys.stderr.write(line + "\n")
+
+
+class Trainer:
+  """Builds the shared backbone, every task model, their phases, optimizers and checkpoint.
+
+  Args:
+    spec: a checked ExperimentSpec (k4p1.experiment.resolve).
+    workdir: where checkpoints and summaries go.
+    with_data: read the datasets (needed for train/eval; not for params/export).
+    phases: optional (trainer) -> [Phase]; default one phase per task, in task order.
+  """
+
+  def __init__(self, spec: ExperimentSpec, workdir: str, with_data: bool = True,
+               phases: Optional[Callable] = None):
+    self.spec = spec
+    self.workdir = workdir
+    self.strategy = make_strategy(spec.runtime)
+    self.is_chief = is_chief(self.strategy)
+    self.data: dict[str, data_lib.TaskData] = {}
+    d = spec.data
+    with self.strategy.scope():
+      self.backbone = build_backbone(spec.backbone)
+      size = self.backbone.input_size
+      self.models = TaskModels(self.backbone)
+      for i, task in enumerate(spec.tasks):
+        if with_data:
+          self.data[task.name] = data_lib.load_task_data(
+              task.dataset, size, d.data_dir, d.download, d.cache, d.shuffle_buffer)
+          n = self.data[task.name].num_classes
+        else:
+          n = data_lib.num_classes_of(task.dataset, d.data_dir)
+        self.models.add(task, n, seed=spec.train.seed + i)
+      self.phases = phases(self) if phases else [
+          Phase(t.name, t.name, self.total_steps(t.name) if with_data else 0)
+          for t in spec.tasks]
+      names = [p.name for p in self.phases]
+      if len(set(names)) != len(names):
+        raise ValueError(f"Phase names must be unique. Received: {names}")
+      self.steps = {p.name: tf.Variable(0, dtype=tf.int64, trainable=False,
+                                        name=f"step_{p.name}") for p in self.phases}
+      self.metrics = StepMetrics.create()
+      self.optimizers = {}
+      if with_data:
+        for phase in self.phases:
+          task = spec.task(phase.task)
+          opt = make_optimizer(spec.optimizer, phase.lr or task.lr or spec.optimizer.lr,
+                               self.steps_per_epoch(phase.task))
+          opt.build(self.phase_variables(phase))
+          self.optimizers[phase.name] = opt
+    root = tf.Module()
+    root.base = self.models.base
+    root.tasks = {k: t.model for k, t in self.models.tasks.items()}
+    root.optimizers = self.optimizers
+    root.steps = self.steps
+    self.checkpoint = tf.train.Checkpoint(root=root)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not self.is_chief:  # other workers write throw-away copies (multi-worker protocol)
+      ckpt_dir = os.path.join(workdir, "tmp_worker_checkpoints",
+                              str(self.strategy.cluster_resolver.task_id))
+    self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
+                                              max_to_keep=spec.train.keep_checkpoints)
+
+  # -------------------------------------------------------------------------
+
+  def steps_per_epoch(self, name: str) -> int:
+    return max(1, self.data[name].train.size // self.spec.train.batch_size)
+
+  def total_steps(self, name: str) -> int:
+    task = self.spec.task(name)
+    return task.steps or max(1, int(math.ceil(task.epochs * self.steps_per_epoch(name))))
+
+  def phase_variables(self, phase: Phase) -> list:
+    if phase.variables is not None:
+      return list(phase.variables(self.models))
+    return self.models.trainable_variables(phase.task)
+
+  def restore(self, require: bool = False) -> bool:
+    """Restores the latest checkpoint, if any. Returns whether one was restored."""
+    latest = self.manager.latest_checkpoint
+    if latest is None:
+      if require:
+        raise FileNotFoundError(
+            f"No checkpoint in {os.path.join(self.workdir, 'checkpoints')}: run --mode=train "
+            f"with this --workdir first.")
+      return False
+    status = self.checkpoint.read(latest)
+    status.assert_existing_objects_matched()
+    logging.info("Restored %s", latest)
+    return True
+
+  def _distributed_batches(self, task: str, seed: int):
+    """Per-replica batches of `task`'s training data, for this strategy (also PS-ready)."""
+    global_batch = self.spec.train.batch_size
+    data = self.data[task]
+
+    def dataset_fn(context: tf.distribute.InputContext):
+      per_replica = context.get_per_replica_batch_size(global_batch)
+      ds = data.train_batches(per_replica, seed=seed)
+      return ds.shard(context.num_input_pipelines, context.input_pipeline_id) \
+          if context.num_input_pipelines > 1 else ds
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+  def train_phase(self, phase: Phase) -> dict:
+    """Trains `phase` from its step counter to its total; returns training stats."""
+    name, total = phase.task, phase.steps
+    step_var = self.steps[phase.name]
+    start = int(step_var.numpy())
+    if start >= total:
+      logging.info("Phase %s already trained (%d/%d steps).", phase.name, start, total)
+      return {}
+    if start:
+      logging.info("Resuming phase %s at step %d/%d.", phase.name, start, total)
+      where = name if phase.name == name else f"{name} (phase {phase.name})"
+      print(f"Resuming task {where} at step {start}/{total}", flush=True)
+    # Flags once per phase: they pick BN's mode (a phase with its own variable list runs every
+    # other layer in inference mode).
+    task = self.models.activate(name, None if phase.variables is None
+                                else self.phase_variables(phase))
+    train = self.spec.train
+    # Resumed runs reseed the shuffle from the step so they do not replay the same batches.
+    iterator = iter(self._distributed_batches(name, seed=train.seed + start))
+    optimizer = self.optimizers[phase.name]
+    step_fn = make_train_step(self.strategy, task.model, optimizer, self.phase_variables(phase),
+                              train.batch_size, task.num_classes,
+                              self.spec.optimizer.label_smoothing, metrics=self.metrics,
+                              counter=step_var)
+    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name)) \
+        if self.is_chief else tf.summary.create_noop_writer()
+    progress = Progress(total, start, f"train {phase.name}", train.progress)
+    self.metrics.read_and_reset()
+    t0 = time.time()
+    log_every = max(1, train.log_every)
+    ckpt_every = max(1, train.checkpoint_every)
+    shown = {}
+    for step in range(start + 1, total + 1):
+      step_fn(iterator)
+      if step % log_every == 0 or step == total:
+        loss, acc, _ = self.metrics.read_and_reset()  # the one host sync per log_every steps
+        if not math.isfinite(loss):
+          raise FloatingPointError(
+              f"Task {name}: the loss became {loss} within steps {step - log_every + 1}-{step}. "
+              f"Lower the learning rate (--config.optimizer.lr, now "
+              f"{float(optimizer.learning_rate):.4g}).")
+        shown = {"loss": loss, "acc": acc}
+        with writer.as_default(step=step):
+          tf.summary.scalar("train/loss", loss)
+          tf.summary.scalar("train/accuracy", acc)
+          tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate))
+      progress.update(step, **shown)
+      if step == total:
+        self._recompute_statistics(name, train.seed + start)
+      if step % ckpt_every == 0 or step == total:
+        self.manager.save(checkpoint_number=self._checkpoint_number())
+    seconds = time.time() - t0
+    images = (total - start) * train.batch_size
+    return {"train_steps": total, "train_seconds": round(seconds, 2),
+            "train_images_per_second": round(images / max(seconds, 1e-9), 2)}
+
+  def train_task(self, name: str) -> dict:
+    """Trains every phase of task `name`; returns the last phase's stats."""
+    stats = {}
+    for phase in self.phases:
+      if phase.task == name:
+        stats = self.train_phase(phase) or stats
+    return stats
+
+  def _recompute_statistics(self, name: str, seed: int):
+    n = self.spec.train.bn_recompute_batches
+    layers = self.models.batch_statistics_layers(name)
+    if n > 0 and layers:
+      ds = self.data[name].train_batches(self.spec.train.batch_size, seed=seed)
+      used = recompute_batch_statistics(self.models.tasks[name].model, layers, ds.take(n))
+      logging.info("Task %s: recomputed statistics of %d BN layers over %d batches.",
+                   name, len(layers), used)
+
+  def _checkpoint_number(self) -> int:
+    return int(sum(int(v.numpy()) for v in self.steps.values()))
+
+  def phase_steps(self, task: str) -> int:
+    """Steps done by the task's phases."""
+    return int(sum(int(self.steps[p.name].numpy()) for p in self.phases if p.task == task))
+
+  def evaluate(self, name: str) -> dict:
+    """Accuracy and mean loss of task `name` on its eval split (inference mode)."""
+    model = self.models.tasks[name].model
+    totals = [tf.Variable(0.0, dtype=tf.float64) for _ in range(3)]
+
+    @tf.function(input_signature=[self.backbone.input_spec.tensor_spec(),
+                                  tf.TensorSpec([None], tf.int32)])
+    def eval_step(images, labels):
+      logits = model(images, training=False)
+      loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+      correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32))
+      for total, value in zip(totals, (tf.reduce_sum(loss), tf.reduce_sum(
+          tf.cast(correct, tf.float32)), tf.cast(tf.shape(labels)[0], tf.float32))):
+        total.assign_add(tf.cast(value, tf.float64))
+
+    for images, labels in self.data[name].eval_batches(self.spec.train.eval_batch_size):
+      eval_step(images, labels)
+    loss_sum, correct, seen = (float(t.numpy()) for t in totals)
+    if seen == 0:
+      raise data_lib.DataError(f"Task {name}: the eval split is empty.")
+    result = {"accuracy": correct / seen, "eval_loss": loss_sum / seen, "eval_examples": int(seen)}
+    if self.is_chief:
+      writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name))
+      with writer.as_default(step=self.phase_steps(name)):
+        tf.summary.scalar("eval/accuracy", result["accuracy"])
+        tf.summary.scalar("eval/loss", result["eval_loss"])
+    return result
