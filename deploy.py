@@ -91,18 +91,20 @@ def main(argv):
 
 
 def run():
-  from k4p1 import deploy, experiment, export, fold, mixed, serving
+  from k4p1 import experiment, export
+  from k4p1.export import fold, mixed, patch_files, serving, tflite
+  from k4p1.files import atomic_write_bytes
   from k4p1.data import load_task_data
   from k4p1.export import DeployError
   unknown = sorted(set(_FORMATS.value) - set(FORMATS))
   if unknown:
     raise ValueError(f"Unknown --formats {unknown}. Known: {', '.join(FORMATS)}")
-  bad_q = sorted(set(_QUANT.value) - set(deploy.QUANTIZATIONS))
+  bad_q = sorted(set(_QUANT.value) - set(tflite.QUANTIZATIONS))
   if bad_q:
-    raise ValueError(f"Unknown --quantization {bad_q}. Known: {', '.join(deploy.QUANTIZATIONS)}")
+    raise ValueError(f"Unknown --quantization {bad_q}. Known: {', '.join(tflite.QUANTIZATIONS)}")
   config, patch_paths, base_weights = _sources()
   spec = experiment.resolve(config)
-  models = deploy.assemble(spec.backbone, patch_paths, base_weights)
+  models = patch_files.assemble(spec.backbone, patch_paths, base_weights)
   tasks = _TASKS.value or list(models.tasks)
   for t in tasks + _MIXED.value:
     if t not in models.tasks:
@@ -137,9 +139,9 @@ def run():
     for q in _QUANT.value:
       groups = ([("all_tasks", tasks)] if len(tasks) > 1 else []) + [(t, [t]) for t in tasks]
       for file_name, group in groups:
-        data = deploy.tflite_model(models, group, q, representative)
+        data = tflite.tflite_model(models, group, q, representative)
         path = os.path.join(out, "tflite", f"{file_name}.{q}.tflite")
-        export._atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data)
         written.append(f"{path} ({len(data):,} bytes)")
   if "folded" in _FORMATS.value:
     for t in tasks:

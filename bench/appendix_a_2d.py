@@ -44,7 +44,7 @@ def main(argv):
   import keras
   import numpy as np
   import tensorflow as tf
-  from k4p1.export import atomic_write_text
+  from k4p1.files import atomic_write_text
   from k4p1.patches import parse_patch, patch_model
   from k4p1.patches.channel_scale_bias import ChannelScaleBiasPatch
 

@@ -33,7 +33,7 @@ def _config(smoke):
 def main(argv):
   del argv
   from k4p1 import experiment
-  from k4p1.export import atomic_write_text
+  from k4p1.files import atomic_write_text
   seeds = [0] if _SMOKE.value else [int(s) for s in _SEEDS.value.split(",")]
   runs = []
   for seed in seeds:

@@ -4,7 +4,7 @@ Three models of the same task on MobileNetV2 (1.0 @224 by default, random weight
 not depend on values), each `keras.Model` called through one traced tf.function:
   base       keras.applications MobileNetV2 + pooling + classifier (no k4p1 layer)
   patched    the task's k4p1 model (scale-and-bias + depthwise patches + classifier), unfolded
-  folded     k4p1.fold.fold_task of that task (BN folded into the convolutions)
+  folded     k4p1.export.fold.fold_task of that task (BN folded into the convolutions)
   folded_bn  fold_task(fold_batchnorm=False): the patch values in plain BN layers
 Measured in interleaved rounds (machine drift hits all alike); the median per model counts,
 reported as milliseconds per batch and as a ratio to `base` (goal: folded <= 1.02).
@@ -38,7 +38,7 @@ def main(argv):
   from k4p1.backbones import build_backbone
   from k4p1.frontends import ImageFrontend
   from k4p1.config import BackboneSpec
-  from k4p1.fold import fold_task
+  from k4p1.export.fold import fold_task
   from k4p1.model import TaskModels
   from k4p1.testing import tiny_task
 

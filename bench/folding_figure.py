@@ -2,7 +2,7 @@ r"""The paper's Figure 2: one bias changes how many pieces of the input map into
 
 Draws F(x) = q(q(x; b1); b2) (k = 2, p = 2, all biases zero except b0 of the first layer) for
 b0 = 0, -0.075, -0.125, -0.425, shades the band [0.2, 0.4] and marks its exact preimage, and writes
-the component counts (exact, k4p1.folding) to a JSON file.
+the component counts (exact, k4p1.analysis.folding) to a JSON file.
 
 Run: python bench/folding_figure.py --out_dir=docs
 """
@@ -26,8 +26,8 @@ def main(argv):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
-  from k4p1 import folding
-  from k4p1.export import atomic_write_text
+  from k4p1.analysis import folding
+  from k4p1.files import atomic_write_text
 
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   x = np.linspace(-0.6, 1.4, 4001)

@@ -3,7 +3,7 @@ r"""Mixed-task serving throughput: one `mixed` call against splitting the batch 
 K scale-and-bias tasks on one MobileNetV2 (1.0 @224 by default, random weights: speed does not
 depend on values). A batch of B uint8 images with random task ids is served two ways, each a
 traced tf.function, in interleaved rounds (median counts):
-  mixed  k4p1.mixed.mixed_serving_function: one call; inside the graph the batch is partitioned
+  mixed  k4p1.export.mixed.mixed_serving_function: one call; inside the graph the batch is partitioned
          by task id (tf.dynamic_partition), each task's own model runs on its part (tasks with
          no example are skipped) and the rows are stitched back (tf.dynamic_stitch)
   split  group the batch by task id on the client and call each task's own serving function
@@ -41,7 +41,7 @@ def main(argv):
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
   from k4p1.export import serving_function
-  from k4p1.mixed import mixed_serving_function
+  from k4p1.export.mixed import mixed_serving_function
   from k4p1.model import TaskModels
   from k4p1.testing import tiny_task
 

@@ -7,7 +7,7 @@ real test split:
   dynamic   TFLite dynamic-range (int8 weights)
   int8      TFLite full-integer, post-training (calibrated on --representative_examples
             training images of the task)
-  qat_int8  TFLite full-integer after quantization-aware training with tfmot (k4p1.qat;
+  qat_int8  TFLite full-integer after quantization-aware training with tfmot (k4p1.export.qat;
             --qat_steps of Adam on the task's training images), if tfmot is installed
 Sizes: every per-task file, plus the multi-signature file of all tasks, per quantization.
 
@@ -44,9 +44,10 @@ def main(argv):
   import ml_collections
   import numpy as np
   import tensorflow as tf
-  from k4p1 import deploy, experiment
+  from k4p1 import experiment
+  from k4p1.export import patch_files, tflite
   from k4p1.data import load_task_data
-  from k4p1.export import atomic_write_text
+  from k4p1.files import atomic_write_text
 
   workdir, tmp = _WORKDIR.value, None
   if _SMOKE.value:
@@ -62,7 +63,7 @@ def main(argv):
     patches = sorted(os.path.join(workdir, "patches", p)
                      for p in os.listdir(os.path.join(workdir, "patches")))
     base = os.path.join(workdir, "base.weights.h5")
-    models = deploy.assemble(spec.backbone, patches, base if os.path.exists(base) else "")
+    models = patch_files.assemble(spec.backbone, patches, base if os.path.exists(base) else "")
     tasks = _TASKS.value or list(models.tasks)
     if _SMOKE.value:
       tasks = tasks[-1:]
@@ -74,9 +75,9 @@ def main(argv):
     have_tfmot = all(importlib.util.find_spec(m) for m in
                      ("tf_keras", "tensorflow_model_optimization"))
     sizes, rows = {}, []
-    for q in deploy.QUANTIZATIONS:
+    for q in tflite.QUANTIZATIONS:
       if len(tasks) > 1:
-        sizes[f"all_tasks.{q}"] = len(deploy.tflite_model(models, tasks, q, representative))
+        sizes[f"all_tasks.{q}"] = len(tflite.tflite_model(models, tasks, q, representative))
     for t in tasks:
       images, labels = [], []
       for x, y in data[t].eval_batches(64):
@@ -86,10 +87,10 @@ def main(argv):
       if _SMOKE.value:
         images, labels = images[:32], labels[:32]
       keras_pred = tf.argmax(models.tasks[t].model(images, training=False), -1).numpy()
-      variants = {q: deploy.tflite_model(models, [t], q, representative)
-                  for q in deploy.QUANTIZATIONS}
+      variants = {q: tflite.tflite_model(models, [t], q, representative)
+                  for q in tflite.QUANTIZATIONS}
       if have_tfmot and _QAT_STEPS.value > 0 and not _SMOKE.value:
-        from k4p1.qat import quantization_aware_int8
+        from k4p1.export.qat import quantization_aware_int8
         xs, ys = [], []  # one epoch of the task's training images (its own augmentation)
         for x, y in data[t].train_batches(64, seed=0).take(max(1, data[t].train.size // 64)):
           xs.append(x.numpy())
@@ -101,7 +102,7 @@ def main(argv):
       row = {"task": t, "test_examples": int(len(labels)),
              "keras_accuracy": float((keras_pred == labels).mean()), "variants": {}}
       for name, content in variants.items():
-        pred = np.concatenate([deploy.run_tflite(content, t, images[i:i + 64]).argmax(-1)
+        pred = np.concatenate([tflite.run_tflite(content, t, images[i:i + 64]).argmax(-1)
                                for i in range(0, len(images), 64)])
         row["variants"][name] = {
             "bytes": len(content), "accuracy": float((pred == labels).mean()),

@@ -146,7 +146,7 @@ def plot(rows, regimes, path):
 def main(argv):
   del argv
   from k4p1.config import load_module
-  from k4p1.export import atomic_write_text
+  from k4p1.files import atomic_write_text
   module = load_module(CONFIG)
   regimes = list(module.REGIMES)
   lrs = ["0.045"] if _SMOKE.value else _LRS.value

@@ -90,7 +90,7 @@ def save_base(spec, models, workdir: str):
 def export(spec, models, workdir: str) -> str:
   """The multi-task SavedModel of `spec.export` under workdir/saved_model."""
   from k4p1 import export as export_lib
-  from k4p1 import mixed as mixed_lib
+  from k4p1.export import mixed as mixed_lib
   path = os.path.join(workdir, "saved_model")
   mixed = list(spec.export.mixed_tasks)
   mixed_fn = mixed_lib.mixed_serving_function(models, mixed) if mixed else None
@@ -100,7 +100,7 @@ def export(spec, models, workdir: str) -> str:
 
 def run(config, workdir: str, mode: str = "train") -> dict:
   """Runs `mode` (see module docstring) and returns what it wrote to its JSON file."""
-  from k4p1 import report as report_lib
+  from k4p1.analysis import report as report_lib
   from k4p1.train.trainer import Trainer
   if mode not in MODES:
     raise ConfigError(f"Unknown mode {mode!r}. Modes: {', '.join(MODES)}")

@@ -66,7 +66,7 @@ def assemble_task_model(input_spec: InputSpec, frontend, backbone: keras.Model,
   """frontend -> backbone -> global average pooling (of a feature map) -> head.
 
   The one place a task model is put together: training (TaskModels.add) and deployment
-  (k4p1.fold.fold_task, with plain layers) both call it.
+  (k4p1.export.fold.fold_task, with plain layers) both call it.
 
   Args:
     input_spec: what the model takes.

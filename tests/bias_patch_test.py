@@ -15,11 +15,11 @@ import tensorflow as tf
 from k4p1 import export, patches
 from k4p1.backbones import Backbone, build_backbone
 from k4p1.config import BackboneSpec
-from k4p1.deploy import run_tflite, tflite_model
-from k4p1.fold import fold_task
+from k4p1.export.tflite import run_tflite, tflite_model
+from k4p1.export.fold import fold_task
 from k4p1.model import TaskModels
 from k4p1.patches.bias import BiasPatch
-from k4p1.report import task_parameters
+from k4p1.analysis.report import task_parameters
 from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_task
 
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.conditioning import clone_with_condition
+from k4p1.patches.conditioning import clone_with_condition
 
 TASKS, CHANNELS = 3, 4
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from k4p1.deploy import DeployError, assemble, run_tflite, tflite_model
+from k4p1.errors import DeployError
+from k4p1.export.patch_files import assemble
+from k4p1.export.tflite import run_tflite, tflite_model
 from k4p1.export import PatchFileError, save_patch
 from k4p1.model import TaskModels
 from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_task
@@ -131,15 +133,18 @@ class DeployBinaryTest(tf.test.TestCase):
   def test_every_format_from_a_workdir(self):
     out_dir = os.path.join(self.root, "out")
     result = self.deploy(f"--workdir={self.workdir}", f"--out={out_dir}",
-                         "--formats=saved_model,serving,folded",  # TFLite: TFLiteTest above
+                         "--formats=saved_model,serving,folded,tflite",
                          "--tasks=digits_5_9_scale_bias,digits_0_4",
                          "--mixed_tasks=digits_0_4,digits_5_9_scale_bias")
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-    from k4p1.serving import signature_defs
+    from k4p1.export.serving import signature_defs
     self.assertEqual(set(signature_defs(os.path.join(out_dir, "serving", "k4p1", "1"))),
                      {"digits_5_9_scale_bias", "digits_0_4", "mixed", "serving_default",
                       "__saved_model_init_op"})
     self.assertTrue(os.path.exists(os.path.join(out_dir, "serving", "models.config")))
+    self.assertEqual(sorted(os.listdir(os.path.join(out_dir, "tflite"))),
+                     ["all_tasks.float32.tflite", "digits_0_4.float32.tflite",
+                      "digits_5_9_scale_bias.float32.tflite"])
     import keras
     folded = keras.models.load_model(os.path.join(out_dir, "folded", "digits_0_4.keras"))
     # The folded model equals the exported signature (same weights, BN folded).

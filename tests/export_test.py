@@ -192,5 +192,23 @@ class SavedModelTest(tf.test.TestCase):
     self.assertEqual(os.listdir(os.path.dirname(target)), [])
 
 
+class SignatureKindsTest(tf.test.TestCase):
+
+  def test_registered_kinds_build_named_signatures(self):
+    from k4p1.errors import ConfigError
+    from k4p1.export import saved_model
+    models = TaskModels(tiny_mobilenet_v2())
+    models.add(tiny_task("a", "scale_bias,last_layer"), 3)
+    models.add(tiny_task("b", "depthwise,last_layer"), 4)
+    self.assertEqual(set(saved_model.SIGNATURE_KINDS.names()), {"task", "mixed"})
+    built = saved_model.signatures(models, {"task": ["b", "a"], "mixed": ["a", "b"]})
+    self.assertEqual([s.name for s in built], ["b", "a", "mixed"])
+    out = built[2].function(images=tf.zeros([2, 40, 40, 3], tf.uint8),
+                            task_id=tf.constant([1, 0]))
+    self.assertEqual(tuple(out["probabilities"].shape), (2, 4))
+    with self.assertRaisesRegex(ConfigError, "Unknown signature kind 'cascad'"):
+      saved_model.signatures(models, {"cascad": ["a"]})
+
+
 if __name__ == "__main__":
   tf.test.main()

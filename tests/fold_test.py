@@ -9,7 +9,7 @@ from absl.testing import parameterized
 
 from k4p1.backbones import Backbone, build_backbone
 from k4p1.config import BackboneSpec
-from k4p1.fold import fold_backbone, fold_task
+from k4p1.export.fold import fold_backbone, fold_task
 from k4p1.frontends import ImageFrontend
 from k4p1.model import TaskModels
 from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_task

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from k4p1 import folding
+from k4p1.analysis import folding
 
 LO, HI = 0.2, 0.4
 GRID = np.linspace(-2.0, 3.0, 2_000_001)

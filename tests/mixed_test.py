@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.deploy import DeployError
+from k4p1.errors import DeployError
 from k4p1.export import TASK_INDEX, export_saved_model, serving_function
-from k4p1.mixed import mixed_model, mixed_serving_function
+from k4p1.export.mixed import mixed_model, mixed_serving_function
 from k4p1.model import TaskModels
 from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_task
 

@@ -1,4 +1,4 @@
-"""Quantization-aware training in a tf_keras subprocess (k4p1.qat)."""
+"""Quantization-aware training in a tf_keras subprocess (k4p1.export.qat)."""
 
 import importlib.util
 
@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from k4p1.backbones import Backbone
 from k4p1.config import BackboneSpec
-from k4p1.deploy import interpreter, run_tflite
+from k4p1.export.tflite import interpreter, run_tflite
 from k4p1.model import TaskModels
-from k4p1.qat import QATError, quantization_aware_int8
+from k4p1.export.qat import QATError, quantization_aware_int8
 from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_task
 
 HAVE_TFMOT = all(importlib.util.find_spec(m) for m in ("tf_keras",

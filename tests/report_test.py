@@ -6,7 +6,7 @@ from absl.testing import parameterized
 from k4p1.backbones import build_backbone
 from k4p1.config import BackboneSpec
 from k4p1.model import TaskModels
-from k4p1.report import format_parameter_report, parameter_report, task_parameters
+from k4p1.analysis.report import format_parameter_report, parameter_report, task_parameters
 from k4p1.testing import tiny_task
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from k4p1.export import DeployError
-from k4p1.mixed import mixed_serving_function
+from k4p1.export.mixed import mixed_serving_function
 from k4p1.model import TaskModels
-from k4p1.serving import (PREDICT_METHOD, load_like_tf_serving, rest_predict, signature_defs,
+from k4p1.export.serving import (PREDICT_METHOD, load_like_tf_serving, rest_predict, signature_defs,
                           write_serving_layout)
 from k4p1.testing import REPO_ROOT, calibrated_mobilenet_v2, tiny_task
 

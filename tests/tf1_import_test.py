@@ -16,7 +16,7 @@ import tensorflow as tf
 from k4p1.backbones import build_backbone
 from k4p1.config import BackboneSpec, ConfigError
 from k4p1.testing import random_images
-from k4p1.tf1_import import (TF1ImportError, keras_to_tf1_tensors, load_mobilenet_v2,
+from k4p1.backbones.tf1_import import (TF1ImportError, keras_to_tf1_tensors, load_mobilenet_v2,
                              read_frozen_graph, slim_names, write_tf1_checkpoint)
 
 SSD_GRAPH = os.path.join(os.environ.get("K4P1_DATA_DIR", ""), "ssdlite_mobilenet_v2_person",

@@ -8,7 +8,7 @@ the base computes), say which of their variables are learned and which are fixed
 a plain Keras layer with merged weights (`to_plain`) for deployment, in the manner of Keras
 LoRA's merged `save_own_variables`.
 
-Mixed-task serving routes each example to its own task's graph (k4p1.mixed), so every kind can
+Mixed-task serving routes each example to its own task's graph (k4p1.export.mixed), so every kind can
 serve mixed batches; a kind declares nothing for it.
 
 Example (the whole of a kind that trains only biases: k4p1/patches/bias.py):

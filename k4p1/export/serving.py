@@ -25,7 +25,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from k4p1.export import DeployError, atomic_write_text, export_saved_model
+from k4p1.errors import DeployError
+from k4p1.export.saved_model import export_saved_model
+from k4p1.files import atomic_write_text
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 

@@ -1,4 +1,4 @@
-"""Patch files (one task's parameters only) and the multi-task SavedModel.
+"""Patch files: one task's parameters only, and tasks assembled from them onto a base.
 
 A patch file is an .npz holding one flat float32 buffer and a JSON record that indexes it by
 variable: its structural site (`base.12/gamma`: the base's 12th layer; see
@@ -7,14 +7,14 @@ people), offset and shape. The record also holds of the task (patch kinds, class
 (architecture and weights fingerprints), so loading onto another base or with another class
 count fails with a clear error instead of silently giving wrong answers.
 
-The SavedModel has one signature per task plus `serving_default` (the first task). Each takes
-`images`: uint8 [batch, height, width, 3] at any size (resized inside), and returns
-`probabilities` (float32 [batch, classes]) and `classes` (int64 [batch], the arg max).
+One base plus a few kilobytes per task: `assemble` rebuilds the base from its backbone spec (and
+optionally a weights file of a base trained by k4p1) and adds every task from its patch file,
+without retraining; each patch file is checked against the base before anything is assigned.
 
 Example:
   save_patch(models, "flowers", "/tmp/flowers.k4p1.npz")
   load_patch(other_models, "flowers", "/tmp/flowers.k4p1.npz")
-  export_saved_model(models, ["imagenet", "flowers"], "/tmp/export")
+  models = assemble(BackboneSpec("mobilenet_v2", weights="imagenet"), ["flowers.k4p1.npz"])
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ import dataclasses
 import io
 import json
 import os
+from typing import Iterable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from k4p1 import patches
-from k4p1.config import DatasetSpec, TaskSpec, parse_patch
-from k4p1.errors import DeployError, PatchFileError  # noqa: F401  (export.DeployError)
-from k4p1.files import atomic_directory, atomic_write_bytes, atomic_write_text  # noqa: F401
+from k4p1.backbones import build_backbone
+from k4p1.config import BackboneSpec, DatasetSpec, TaskSpec, parse_patch
+from k4p1.errors import DeployError, PatchFileError
+from k4p1.files import atomic_write_bytes
 from k4p1.model import TaskModels
 
 PATCH_FORMAT = "k4p1-patch-v2"   # v2: per-kind options; v1 files (kinds + statistics) still load
@@ -172,74 +173,29 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
   return models.tasks[name]
 
 
-def serving_function(models: TaskModels, task: str):
-  """tf.function: uint8 images (any size) -> {'probabilities', 'classes'} for `task`."""
-  model = models.tasks[task].model
-  spec = models.backbone.input_spec
-
-  @tf.function(input_signature=[spec.serving_spec()])
-  def serve(images):
-    x = spec.to_model_input(images)
-    probabilities = tf.nn.softmax(model(x, training=False), axis=-1)
-    return {"probabilities": probabilities,
-            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
-
-  return serve
-
-
-MIXED_SIGNATURE = "mixed"
-TASK_INDEX = os.path.join("assets.extra", "k4p1_tasks.json")
-
-
-def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> dict:
-  """What a client needs to call the export: signatures, class counts, mixed-task ids."""
-  return {
-      "signatures": {t: {"num_classes": models.tasks[t].num_classes,
-                         "patch": patch_names(models.tasks[t].spec.patch)} for t in tasks},
-      "serving_default": tasks[0],
-      "mixed": ({"signature": MIXED_SIGNATURE, "task_ids": {t: i for i, t in
-                                                           enumerate(mixed_tasks)}}
-                if mixed_tasks else None),
-      "input_size": models.backbone.input_size,
-  }
-
-
-def export_saved_model(models: TaskModels, tasks: list[str], path: str,
-                       mixed=None) -> str:
-  """Writes one SavedModel with a signature per task (first task = serving_default).
+def assemble(backbone_spec: BackboneSpec, patch_paths: Iterable[str],
+             base_weights: str = "") -> TaskModels:
+  """The base plus one task per patch file (named as recorded in the file).
 
   Args:
-    models: the tasks.
-    tasks: one signature each, in order; the first is also `serving_default`.
-    path: the SavedModel folder (written to a temporary folder beside it, then renamed).
-    mixed: optional k4p1.mixed.mixed_serving_function(models, tasks): exported as the `mixed`
-      signature (images plus a task id per example, routed by task in the graph; task ids are positions
-      in its task list).
+    backbone_spec: the backbone the patches were trained on (e.g. a config's `backbone`).
+    patch_paths: .k4p1.npz files.
+    base_weights: a `.weights.h5` of the backbone (what training writes as base.weights.h5 when
+      it trained the base itself); '' keeps the weights `backbone_spec` gives.
 
-  Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids.
+  Raises:
+    PatchFileError: a patch file belongs to another base (architecture or weights), or two
+      files hold the same task name.
   """
-  if not tasks:
-    raise ValueError("export_saved_model needs at least one task.")
-  mixed_tasks = list(mixed.tasks) if mixed is not None else []
-  for t in list(tasks) + mixed_tasks:
-    if t not in models.tasks:
-      raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
-                       f"Tasks: {sorted(models.tasks)}")
-  if MIXED_SIGNATURE in tasks:
-    raise ValueError(f"A task named {MIXED_SIGNATURE!r} would clash with the mixed-task "
-                     f"signature; rename the task.")
-  archive = keras.export.ExportArchive()
-  for t in tasks:
-    archive.track(models.tasks[t].model)
-  for t in tasks:
-    archive.add_endpoint(t, serving_function(models, t))
-  if mixed is not None:
-    for obj in mixed.keras_objects:
-      archive.track(obj)
-    archive.add_endpoint(MIXED_SIGNATURE, mixed)
-  with atomic_directory(path) as tmp:
-    archive.write_out(tmp, verbose=False)
-    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
-    with open(os.path.join(tmp, TASK_INDEX), "w") as f:
-      json.dump(task_index(models, list(tasks), mixed_tasks), f, indent=2)
-  return path
+  models = TaskModels(build_backbone(backbone_spec))
+  if base_weights:
+    if not os.path.exists(base_weights):
+      raise DeployError(f"Base weights file not found: {base_weights!r}.")
+    models.base.load_weights(base_weights)
+  for path in patch_paths:
+    meta, _ = read_patch(path)
+    if meta["task"] in models.tasks:
+      raise PatchFileError(f"{path!r} holds task {meta['task']!r}, which an earlier patch file "
+                           f"already added. Rename one (add_task_from_patch(name=...)).")
+    add_task_from_patch(models, path)
+  return models

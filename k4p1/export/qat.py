@@ -3,7 +3,7 @@ r"""Quantization-aware training of a folded task with tensorflow-model-optimizat
 tfmot only accepts tf_keras (Keras 2) models, and importing it switches `tf.keras` to Keras 2 for
 the whole process. So the Keras 3 process writes the task (its folded weights by layer name, plus
 training and calibration images) to an .npz, and a separate process
-(`TF_USE_LEGACY_KERAS=1 python -m k4p1.qat IN.npz OUT.tflite`) rebuilds the same
+(`TF_USE_LEGACY_KERAS=1 python -m k4p1.export.qat IN.npz OUT.tflite`) rebuilds the same
 keras.applications MobileNetV2 in tf_keras, loads the weights by layer name, checks that it
 computes what the Keras 3 model computes, annotates it for quantization (everything except the
 input Rescaling), fine-tunes only the task's own layers (its patched BN / depthwise layers and
@@ -46,7 +46,7 @@ def _mobilenet_alpha(model) -> float:
 
 def write_task(models, task: str, images: np.ndarray, labels: np.ndarray, path: str):
   """The folded task (BN kept, base layer names) and its data, for the tf_keras process."""
-  from k4p1.fold import fold_task
+  from k4p1.export.fold import fold_task
   folded = fold_task(models, task, fold_batchnorm=False)
   backbone = next(l for l in folded.layers if l.name == models.base.name)
   head = folded.layers[-1]
@@ -93,9 +93,11 @@ def quantization_aware_int8(models, task: str, images: np.ndarray, labels: np.nd
   with tempfile.TemporaryDirectory(prefix="k4p1-qat-") as tmp:
     src, dst = os.path.join(tmp, "task.npz"), os.path.join(tmp, "task.tflite")
     write_task(models, task, images, labels, src)
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-m", "k4p1.qat", src, dst, str(steps), str(batch_size), str(lr)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import k4p1
+    root = os.path.dirname(os.path.dirname(os.path.abspath(k4p1.__file__)))  # k4p1's parent
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    cmd = [sys.executable, "-m", "k4p1.export.qat", src, dst, str(steps), str(batch_size), str(lr)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
                           cwd=root)
     if proc.returncode != 0:

@@ -1,8 +1,5 @@
-"""Deployment: assemble tasks from patch files, and convert them to TFLite.
+"""TFLite: any set of tasks as one .tflite with a signature per task (or a task per file).
 
-One base plus a few kilobytes per task: `assemble` rebuilds the base from its backbone spec (and
-optionally a weights file of a base trained by k4p1) and adds every task from its patch file,
-without retraining; each patch file is checked against the base before anything is assigned.
 `tflite_model` converts any set of tasks to one .tflite with one signature per task (or one task
 per file), as float32, dynamic-range or full-integer int8.
 
@@ -19,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from typing import Callable, Iterable, Optional
@@ -28,41 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.backbones import build_backbone
-from k4p1.config import BackboneSpec
-from k4p1.export import DeployError, PatchFileError, add_task_from_patch, read_patch
+from k4p1.errors import DeployError
 from k4p1.model import TaskModels
 
 QUANTIZATIONS = ("float32", "dynamic", "int8")
-__all__ = ["DeployError", "assemble", "tflite_model", "run_tflite", "interpreter"]
-
-
-def assemble(backbone_spec: BackboneSpec, patch_paths: Iterable[str],
-             base_weights: str = "") -> TaskModels:
-  """The base plus one task per patch file (named as recorded in the file).
-
-  Args:
-    backbone_spec: the backbone the patches were trained on (e.g. a config's `backbone`).
-    patch_paths: .k4p1.npz files.
-    base_weights: a `.weights.h5` of the backbone (what training writes as base.weights.h5 when
-      it trained the base itself); '' keeps the weights `backbone_spec` gives.
-
-  Raises:
-    PatchFileError: a patch file belongs to another base (architecture or weights), or two
-      files hold the same task name.
-  """
-  models = TaskModels(build_backbone(backbone_spec))
-  if base_weights:
-    if not os.path.exists(base_weights):
-      raise DeployError(f"Base weights file not found: {base_weights!r}.")
-    models.base.load_weights(base_weights)
-  for path in patch_paths:
-    meta, _ = read_patch(path)
-    if meta["task"] in models.tasks:
-      raise PatchFileError(f"{path!r} holds task {meta['task']!r}, which an earlier patch file "
-                           f"already added. Rename one (add_task_from_patch(name=...)).")
-    add_task_from_patch(models, path)
-  return models
 
 
 def _check_tasks(models: TaskModels, tasks: list[str]):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from k4p1.export import DeployError
+from k4p1.errors import DeployError
 
 
 def checked_task_ids(task_id, tasks):

@@ -1,0 +1,124 @@
+"""Backbones: a Keras functional feature extractor (image -> feature map) plus its preprocessing.
+
+Builders are registered by name in BACKBONES (vision.py: keras.applications and Keras model
+files; ssd.py: the Object Detection API's MobileNetV2 featurizer, read by tf1_import.py);
+`build_backbone(spec)` dispatches on `spec.name`. A new backbone is a registered builder.
+
+Example:
+  spec = BackboneSpec(name="mobilenet_v2", alpha=0.35, input_size=96, weights="none")
+  backbone = build_backbone(spec)
+  backbone.model.output.shape   # (None, 3, 3, 1280)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import random
+
+import keras
+import numpy as np
+
+from k4p1.config import BackboneSpec
+from k4p1.errors import ConfigError
+from k4p1.frontends import ImageFrontend, InputSpec
+from k4p1.registry import Registry
+
+BACKBONES = Registry("backbone", field="backbone.name")
+register_backbone = BACKBONES.register
+
+
+@dataclasses.dataclass
+class Backbone:
+  """A feature extractor and what a caller needs to feed it.
+
+  Attributes:
+    model: functional keras.Model, float image batch (already preprocessed) -> feature map.
+    input_size: square input resolution.
+    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': the frontend's mode.
+    spec: the spec it was built from.
+  """
+  model: keras.Model
+  input_size: int
+  preprocessing: str
+  spec: BackboneSpec
+
+  @property
+  def input_spec(self) -> InputSpec:
+    """What a task model on this backbone takes (before its frontend)."""
+    return InputSpec.image(self.input_size, channels=self.model.input_shape[-1])
+
+  def frontend(self, name: str = "preprocess") -> ImageFrontend:
+    """A new frontend layer mapping raw pixels to this backbone's input range."""
+    return ImageFrontend(self.preprocessing, name=name)
+
+
+def resolve_weights(spec: BackboneSpec):
+  w = spec.weights
+  if w in ("none", "None", "", None, "random"):
+    return None
+  if w == "imagenet":
+    return "imagenet"
+  if not os.path.exists(w):
+    raise ConfigError(
+        f"Backbone weights file not found: {w!r}. Set backbone.weights to an existing .h5 / "
+        f".weights.h5 file, to 'imagenet' (downloads on a machine with internet, or reads "
+        f"$KERAS_HOME/models/), or to 'none' for random weights.")
+  return w
+
+
+@contextlib.contextmanager
+def seeded_initialisation(seed: int):
+  """Seeds weight initialisation, then restores the Python, NumPy and Keras random state.
+
+  Building a backbone must not reseed the rest of a run (which may build several). TensorFlow's
+  own global seed cannot be read back; it is left set to `seed` (k4p1 seeds its tf.data and
+  augmentation ops explicitly, so nothing of k4p1's depends on it).
+  """
+  from keras.src.backend.common import global_state
+  from keras.src.random import seed_generator
+  from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
+  saved = (random.getstate(), np.random.get_state(),
+           global_state.get_global_attribute(GLOBAL_RANDOM_SEED),
+           global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR))
+  keras.utils.set_random_seed(seed)
+  try:
+    yield
+  finally:
+    random.setstate(saved[0])
+    np.random.set_state(saved[1])
+    global_state.set_global_attribute(GLOBAL_RANDOM_SEED, saved[2])
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, saved[3])
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+  """Builds the backbone named by `spec.name` (a BACKBONES entry)."""
+  return BACKBONES.lookup(spec.name)(spec)
+
+
+def architecture_fingerprint(model: keras.Model) -> str:
+  """A hash of layer classes and weight shapes, in order: equal for the same architecture.
+
+  Names are left out on purpose: Keras numbers unnamed layers (InceptionV3's BN layers, input
+  layers) per process, so the same architecture can carry different names.
+  """
+  h = hashlib.sha256()
+  for layer in model.layers:
+    h.update(type(layer).__name__.encode())
+    for w in layer.weights:
+      h.update(f"{w.name}{tuple(w.shape)};".encode())
+  return h.hexdigest()[:16]
+
+
+def weights_fingerprint(variables) -> str:
+  """A hash of variable values (in the given order): equal only for identical weights."""
+  h = hashlib.sha256()
+  for v in variables:
+    h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+  return h.hexdigest()[:16]
+
+
+# The builders register themselves on import.
+from k4p1.backbones import ssd, vision  # noqa: E402,F401

@@ -1,0 +1,114 @@
+"""Per-task input pipelines: examples -> preprocessed, augmented tf.data batches.
+
+Images leave the pipeline as float32 in [0, 255] at the backbone's resolution; the model's
+frontend (k4p1.frontends.ImageFrontend) maps them to the backbone's range, so exported
+signatures can take uint8.
+
+Example:
+  ds = task_data.train_batches(batch_size=32, seed=0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from k4p1.config import DatasetSpec
+
+
+@dataclasses.dataclass
+class Split:
+  """Unbatched (image uint8 HxWxC, label int32) examples and their count."""
+  dataset: tf.data.Dataset
+  size: int
+
+
+@dataclasses.dataclass
+class TaskData:
+  """A task's train and eval splits and how to batch them."""
+  spec: DatasetSpec
+  train: Split
+  eval: Split
+  num_classes: int
+  image_size: int
+  cache: bool = True
+  shuffle_buffer: int = 2048
+
+  def train_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled, augmented, repeated batches of `batch_size` (incomplete batches dropped)."""
+    ds = self.train.dataset
+    if self.cache:
+      ds = ds.cache()
+    ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed,
+                    reshuffle_each_iteration=True).repeat()
+    augment = self.spec.augment
+    size = self.image_size
+
+    def prepare(index, example):
+      image, label = example
+      # Stateless ops seeded by (seed, example index): the same run gives the same batches in
+      # any process and under any strategy.
+      op_seed = tf.stack([tf.cast(seed, tf.int64), index])
+      return preprocess_train(image, size, augment, op_seed), label
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  def representative_batches(self, examples: int, batch_size: int = 16) -> tf.data.Dataset:
+    """The first `examples` training images, un-augmented (resized as for eval): what int8
+    quantization calibrates activation ranges on."""
+    central = self.spec.augment == "inception_crop"
+    size = self.image_size
+    ds = self.train.dataset.take(examples).map(lambda i, l: preprocess_eval(i, size, central),
+                                               num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size)
+
+  def eval_batches(self, batch_size: int) -> tf.data.Dataset:
+    central = self.spec.augment == "inception_crop"
+    size = self.image_size
+    ds = self.eval.dataset.map(lambda i, l: (preprocess_eval(i, size, central), l),
+                               num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing (the papers' MobileNet / Inception recipe).
+
+
+def _to_rgb_float(image):
+  image = tf.convert_to_tensor(image)
+  if image.shape.rank == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:  # grayscale sources (digits, Fashion-MNIST)
+    image = tf.image.grayscale_to_rgb(image)
+  return tf.cast(image, tf.float32)
+
+
+def preprocess_train(image, size: int, augment: str, seed):
+  """Random resized crop (Inception style, area 8%-100%) + flip, or flip only, or resize only.
+
+  Args:
+    seed: int64 shape-[2] seed of the stateless random ops (deterministic augmentation).
+  """
+  image = _to_rgb_float(image)
+  seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+  if augment == "inception_crop":
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+  image = tf.image.resize(image, (size, size), method="bilinear")
+  if augment in ("inception_crop", "flip"):
+    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
+  return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def preprocess_eval(image, size: int, central_crop: bool):
+  """Central 87.5% crop (for natural images) and bilinear resize."""
+  image = _to_rgb_float(image)
+  if central_crop:
+    image = tf.image.central_crop(image, 0.875)
+  image = tf.image.resize(image, (size, size), method="bilinear")
+  return tf.clip_by_value(image, 0.0, 255.0)

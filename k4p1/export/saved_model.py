@@ -1,0 +1,143 @@
+"""The multi-task SavedModel: a signature per task, plus the mixed-task signature.
+
+Each task signature takes `images`: uint8 [batch, height, width, 3] at any size (resized
+inside), and returns `probabilities` (float32 [batch, classes]) and `classes` (int64 [batch],
+the arg max). The first task is also `serving_default`.
+
+Signature kinds are registered (SIGNATURE_KINDS: `task`, `mixed`); a new kind (per
+resolution, a cascade) is a builder (models, tasks) -> [Signature].
+
+Example:
+  export_saved_model(models, ["imagenet", "flowers"], "/tmp/export")
+  signatures(models, {"task": ["flowers"], "mixed": ["cars", "flowers"]})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from k4p1.export.patch_files import patch_names
+from k4p1.files import atomic_directory
+from k4p1.model import TaskModels
+from k4p1.registry import Registry
+
+
+def serving_function(models: TaskModels, task: str):
+  """tf.function: uint8 images (any size) -> {'probabilities', 'classes'} for `task`."""
+  model = models.tasks[task].model
+  spec = models.backbone.input_spec
+
+  @tf.function(input_signature=[spec.serving_spec()])
+  def serve(images):
+    x = spec.to_model_input(images)
+    probabilities = tf.nn.softmax(model(x, training=False), axis=-1)
+    return {"probabilities": probabilities,
+            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+  return serve
+
+
+MIXED_SIGNATURE = "mixed"
+TASK_INDEX = os.path.join("assets.extra", "k4p1_tasks.json")
+
+
+def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> dict:
+  """What a client needs to call the export: signatures, class counts, mixed-task ids."""
+  return {
+      "signatures": {t: {"num_classes": models.tasks[t].num_classes,
+                         "patch": patch_names(models.tasks[t].spec.patch)} for t in tasks},
+      "serving_default": tasks[0],
+      "mixed": ({"signature": MIXED_SIGNATURE, "task_ids": {t: i for i, t in
+                                                           enumerate(mixed_tasks)}}
+                if mixed_tasks else None),
+      "input_size": models.backbone.input_size,
+  }
+
+
+@dataclasses.dataclass
+class Signature:
+  """One named endpoint of the SavedModel.
+
+  Attributes:
+    name: the signature key.
+    function: a tf.function with an input signature.
+    track: Keras objects the archive must track (their variables).
+  """
+  name: str
+  function: Any
+  track: list
+
+
+SIGNATURE_KINDS = Registry("signature kind")
+
+
+@SIGNATURE_KINDS.register("task")
+def task_signatures(models: TaskModels, tasks: list[str]) -> list[Signature]:
+  """A signature per task, named after it."""
+  return [Signature(t, serving_function(models, t), [models.tasks[t].model]) for t in tasks]
+
+
+@SIGNATURE_KINDS.register("mixed")
+def mixed_signatures(models: TaskModels, tasks: list[str]) -> list[Signature]:
+  """The `mixed` signature over `tasks` (a task id per example; ids are positions in it)."""
+  from k4p1.export.mixed import mixed_serving_function
+  return [_mixed_signature(mixed_serving_function(models, tasks))] if tasks else []
+
+
+def _mixed_signature(serve) -> Signature:
+  return Signature(MIXED_SIGNATURE, serve, list(serve.keras_objects))
+
+
+def signatures(models: TaskModels, requests: dict) -> list[Signature]:
+  """{signature kind: its tasks} -> the signatures, in request order (kinds are registered)."""
+  out = []
+  for kind, tasks in requests.items():
+    out += SIGNATURE_KINDS.lookup(kind, "signature kind")(models, list(tasks))
+  return out
+
+
+def export_saved_model(models: TaskModels, tasks: list[str], path: str,
+                       mixed=None) -> str:
+  """Writes one SavedModel with a signature per task (first task = serving_default).
+
+  Args:
+    models: the tasks.
+    tasks: one signature each, in order; the first is also `serving_default`.
+    path: the SavedModel folder (written to a temporary folder beside it, then renamed).
+    mixed: optional k4p1.export.mixed.mixed_serving_function(models, tasks): exported as the `mixed`
+      signature (images plus a task id per example, routed by task in the graph; task ids are positions
+      in its task list).
+
+  Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids.
+  """
+  if not tasks:
+    raise ValueError("export_saved_model needs at least one task.")
+  mixed_tasks = list(mixed.tasks) if mixed is not None else []
+  for t in list(tasks) + mixed_tasks:
+    if t not in models.tasks:
+      raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
+                       f"Tasks: {sorted(models.tasks)}")
+  if MIXED_SIGNATURE in tasks:
+    raise ValueError(f"A task named {MIXED_SIGNATURE!r} would clash with the mixed-task "
+                     f"signature; rename the task.")
+  endpoints = task_signatures(models, list(tasks))
+  if mixed is not None:
+    endpoints.append(_mixed_signature(mixed))
+  archive = keras.export.ExportArchive()
+  for endpoint in endpoints:
+    for obj in endpoint.track:
+      archive.track(obj)
+  for endpoint in endpoints:
+    archive.add_endpoint(endpoint.name, endpoint.function)
+  with atomic_directory(path) as tmp:
+    archive.write_out(tmp, verbose=False)
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, TASK_INDEX), "w") as f:
+      json.dump(task_index(models, list(tasks), mixed_tasks), f, indent=2)
+  return path
