@@ -29,6 +29,7 @@ def _onednn_enabled() -> bool:
 
 _ONEDNN = _onednn_enabled()
 
+
 @keras.saving.register_keras_serializable(package="k4p1")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
   """keras BatchNormalization computed with TensorFlow's fused kernel where it applies.
@@ -38,9 +39,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   32x112x112x96, forward + backward: 2.1x faster). With moving statistics (inference, or a
   frozen-statistics patch whose gamma and beta still learn) the fused inference kernel
   (`fused_batch_norm(..., is_training=False)`) is used too when oneDNN is on (TensorFlow's
-  default on x86): it made a whole frozen-statistics MobileNetV2 step 25-28% cheaper than
-  Keras's `tf.nn.batch_normalization` path. Without oneDNN the Keras path is kept there.
-  Same semantics as Keras: moving statistics updated with `momentum`, moving variance from the
+  default on x86): a frozen-statistics S/B MobileNetV2 1.0 @224 step measured 21.9 CPU ms per
+  image against 26.6 for the same math on Keras's BN ops (bench/train_throughput.py). Without
+  oneDNN the Keras path is kept there. Same semantics as Keras: moving statistics updated with `momentum`, moving variance from the
   biased batch variance. Falls back to Keras for masks, other ranks or axes, float16, or tiny
   epsilon.
 
