@@ -57,6 +57,45 @@ class PatchFileTest(tf.test.TestCase):
     self.assertAllEqual(task.model(x, training=False),
                         self.models.tasks["flowers"].model(x, training=False))
 
+  def test_records_kinds_with_options_and_reads_version_1_files(self):
+    meta, _ = export.read_patch(self.path)
+    self.assertEqual(meta["format"], "k4p1-patch-v2")
+    self.assertEqual(meta["patch"], {"kinds": {"scale_bias": {"statistics": "batch"},
+                                               "depthwise": {}},
+                                     "train_head": True, "train_base": False})
+    # A file written by k4p1 before per-kind options (format v1) still loads, exactly.
+    for patch, statistics in (("scale_bias,depthwise,last_layer", "frozen"),
+                              ("full,last_layer", "batch")):
+      models = TaskModels(self.backbone)
+      models.add(tiny_task("old", patch, statistics), 5)
+      _train_a_little(models, "old")
+      path = os.path.join(self.dir, "old.k4p1.npz")
+      export.save_patch(models, "old", path)
+      self._rewrite_as_version_1(path, statistics)
+      other = TaskModels(self.backbone)
+      task = export.add_task_from_patch(other, path)
+      self.assertEqual(task.spec.patch, models.tasks["old"].spec.patch)
+      x = random_images(2)
+      self.assertAllEqual(task.model(x, training=False),
+                          models.tasks["old"].model(x, training=False))
+
+  @staticmethod
+  def _rewrite_as_version_1(path, statistics):
+    """What k4p1 wrote before per-kind options: kinds as a list, statistics beside them, and
+    a private copy's variables under copy.<layer index>."""
+    import json
+    with np.load(path) as f:
+      meta = json.loads(f["__k4p1_meta__"].tobytes().decode())
+      values = f["values"]
+    rec = meta["patch"]
+    meta.update(format="k4p1-patch-v1", statistics=statistics, train_base=rec["train_base"],
+                patch=sorted(list(rec["kinds"]) + (["last_layer"] if rec["train_head"] else [])))
+    if "full" in rec["kinds"]:
+      meta["variables"] = {("copy." + k[len("base."):] if k.startswith("base.") else k): v
+                           for k, v in meta["variables"].items()}
+    np.savez(path, values=values,
+             __k4p1_meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+
   def test_file_holds_only_the_patch(self):
     meta, arrays = export.read_patch(self.path)
     n = sum(a.size for a in arrays.values())
