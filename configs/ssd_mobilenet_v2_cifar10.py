@@ -1,7 +1,7 @@
 r"""The paper's COCO -> classification experiment: an SSD detector's featurizer becomes a classifier.
 
 The backbone is the MobileNetV2 featurizer of a TF Object Detection API SSD / SSDLite model, read
-from its frozen_inference_graph.pb or a TF1 checkpoint (k4p1.tf1_import). Here: the SSDLite
+from its frozen_inference_graph.pb or a TF1 checkpoint (k4p1.backbones.tf1_import). Here: the SSDLite
 person detector in $K4P1_DATA_DIR/ssdlite_mobilenet_v2_person, or any OD API MobileNetV2 model via
 --config.backbone.weights=PATH (TF1 checkpoints: also --config.backbone.use_moving_averages=true
 to read the EMA weights the OD API evaluates with). Target: CIFAR-10 (JPEG tarball) at 224x224

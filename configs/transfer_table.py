@@ -13,7 +13,7 @@ tasks are the regimes, all on the same frozen backbone:
 
 Backbones (files from $K4P1_DATA_DIR, or --config.backbone.weights / model_file):
   ssd   the featurizer of a real SSDLite-MobileNetV2 person detector (COCO -> VOC person), read
-        from its frozen_inference_graph.pb (k4p1.tf1_import);
+        from its frozen_inference_graph.pb (k4p1.backbones.tf1_import);
   dogs  the trained MobileNetV2 1.0 @160 inside a dog-breed classifier (ImageNet blocks 0-13).
 Targets: cifar10 (JPEG tarball) and fashion_mnist (IDX files), both at SIZE x SIZE (below).
 

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -36,7 +37,7 @@ from k4p1.train.strategies import STRATEGIES
 
 
 def check_names(spec: config_lib.ExperimentSpec) -> config_lib.ExperimentSpec:
-  """Looks up every registered name in `spec`; returns it unchanged.
+  """Looks up every registered name in `spec`; returns it with canonical patch specs.
 
   Raises:
     ConfigError: an unknown name (with the closest known one) or bad patch options.
@@ -44,10 +45,12 @@ def check_names(spec: config_lib.ExperimentSpec) -> config_lib.ExperimentSpec:
   BACKBONES.lookup(spec.backbone.name)
   STRATEGIES.lookup(spec.runtime.strategy)
   OPTIMIZERS.lookup(spec.optimizer.name)
+  tasks = []
   for task in spec.tasks:
     DATA_SOURCES.lookup(task.dataset.source, f"tasks.{task.name}.dataset.source")
-    patches.check(task.patch, f"tasks.{task.name}.patch")
-  return spec
+    tasks.append(dataclasses.replace(
+        task, patch=patches.check(task.patch, f"tasks.{task.name}.patch")))
+  return dataclasses.replace(spec, tasks=tuple(tasks))
 
 
 def resolve(config) -> config_lib.ExperimentSpec:
@@ -90,11 +93,9 @@ def save_base(spec, models, workdir: str):
 def export(spec, models, workdir: str) -> str:
   """The multi-task SavedModel of `spec.export` under workdir/saved_model."""
   from k4p1 import export as export_lib
-  from k4p1.export import mixed as mixed_lib
   path = os.path.join(workdir, "saved_model")
-  mixed = list(spec.export.mixed_tasks)
-  mixed_fn = mixed_lib.mixed_serving_function(models, mixed) if mixed else None
-  export_lib.export_saved_model(models, list(spec.export.tasks), path, mixed=mixed_fn)
+  export_lib.export_saved_model(models, list(spec.export.tasks), path,
+                                kinds={"mixed": list(spec.export.mixed_tasks)})
   return path
 
 

@@ -142,6 +142,11 @@ class TaskModels:
     self._kinds[spec.name] = self._read_variable_kinds(spec.name)
     return task
 
+  def remove(self, name: str):
+    """Forgets task `name` (its layers stay wherever else they are referenced)."""
+    del self.tasks[name]
+    self._kinds.pop(name, None)
+
   def activate(self, name: str, variables=None) -> TaskModel:
     """Sets `trainable` flags for training task `name`; returns it. Once per phase.
 
@@ -170,6 +175,11 @@ class TaskModels:
     for layer in self.base.layers:            # ... which the base flags then override.
       layer.trainable = task.spec.patch.train_base
     task.head.trainable = task.spec.patch.train_head
+    kinds = self._kinds[name]                 # the setter also re-enabled what a patch keeps
+    head = {id(v) for v in task.head.weights}  # fixed (bn_stats' gamma and beta)
+    for v in self.task_variables(name):
+      if v.trainable and not kinds[id(v)][1] and id(v) not in head:
+        v.trainable = False
     return task
 
   def batch_statistics_layers(self, name: str) -> list:
@@ -199,8 +209,12 @@ class TaskModels:
     """
     task = self.tasks[name]
     kinds = self._kinds[name]
-    own = [v for v in self.task_variables(name) if kinds[id(v)][1]]
-    return _unique(own + (self._learnable_shared if task.spec.patch.train_base else []))
+    wanted = {id(v) for v in self.task_variables(name) if kinds[id(v)][1]}
+    if task.spec.patch.train_base:
+      wanted |= {id(v) for v in self._learnable_shared}
+    # In the model's own variable order: optimizer slots are checkpointed by position, so
+    # this keeps checkpoints written by earlier versions (model.trainable_variables) resumable.
+    return [v for v in _unique(task.model.variables) if id(v) in wanted]
 
   def learnable_shared_variables(self) -> list:
     """The shared base's variables that gradient training may change (not BN statistics)."""

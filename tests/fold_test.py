@@ -150,16 +150,40 @@ class ChannelScaleBiasFoldTest(tf.test.TestCase):
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
     x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(x)
+    x = keras.layers.SeparableConv2D(5, 3, padding="same", name="separable")(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(6, name="dense")(x)
     base = keras.Model(inputs, x)
     models = TaskModels(Backbone(base, 8, "torch", BackboneSpec("custom")))
-    task = models.add(tiny_task("csb", "channel_scale_bias,last_layer"), num_classes=3)
-    _perturb(models, "csb", seed=1)
     images = random_images(3, 8)
-    folded = fold_task(models, "csb")
-    self.assertAllClose(folded(images), task.model(images, training=False), atol=1e-5)
+    # channel_scale_bias wraps all four; the bias kind the biased conv, depthwise and dense
+    # (it does not target SeparableConv2D).
+    for kind, wrapped in (("channel_scale_bias", 4), ("bias", 3)):
+      task = models.add(tiny_task(kind, f"{kind},last_layer"), num_classes=3)
+      self.assertLen(task.patched.patch_layers, wrapped)
+      _perturb(models, kind, seed=1)
+      expected = task.model(images, training=False).numpy()
+      scale = float(np.max(np.abs(expected)))
+      self.assertAllClose(fold_task(models, kind)(images), expected, rtol=1e-5,
+                          atol=1e-5 * scale)
+
+  def test_bn_after_a_nonlinear_conv_is_not_folded_into_it(self):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv_relu")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    base = keras.Model(inputs, x)
+    models = TaskModels(Backbone(base, 8, "tf", BackboneSpec("custom")))
+    task = models.add(tiny_task("sb", "scale_bias,last_layer"), num_classes=3)
+    _perturb(models, "sb", seed=2)
+    images = random_images(3, 8)
+    folded = fold_task(models, "sb")
+    self.assertLen([l for l in folded.layers[2].layers
+                    if isinstance(l, keras.layers.BatchNormalization)], 1)
+    expected = task.model(images, training=False).numpy()
+    self.assertAllClose(folded(images), expected, rtol=1e-5,
+                        atol=1e-5 * float(np.max(np.abs(expected))))
 
 
 class PreprocessingTest(tf.test.TestCase, parameterized.TestCase):

@@ -66,6 +66,24 @@ class PhaseTest(tf.test.TestCase):
                      [("base", "base", 2), ("patched", "patched", 2)])
     self.assertEqual(set(trainer.steps), {"base", "patched"})
 
+  def test_a_task_that_learns_nothing_by_gradient_recomputes_its_statistics(self):
+    config = tiny_config(steps=2, patch="bn_stats")  # no last_layer: nothing has a gradient
+    del config.tasks["base"]
+    config.task_order = "patched"
+    trainer = Trainer(resolve(config), self.workdir)
+    models = trainer.models
+    self.assertEmpty(models.trainable_variables("patched"))
+    stats_before = [v.numpy().copy() for v in models.task_variables("patched")
+                    if "moving" in v.name]
+    head_before = [v.numpy().copy() for v in models.tasks["patched"].head.weights]
+    self.assertEqual(trainer.train_phase(trainer.phases[0])["train_steps"], 2)
+    moved = [not np.array_equal(v.numpy(), b) for v, b in zip(
+        [v for v in models.task_variables("patched") if "moving" in v.name], stats_before)]
+    self.assertTrue(all(moved))
+    for v, before in zip(models.tasks["patched"].head.weights, head_before):
+      self.assertAllEqual(v.numpy(), before)
+    self.assertEqual(int(trainer.steps["patched"].numpy()), 2)
+
   def test_phase_names_must_be_unique(self):
     with self.assertRaisesRegex(ValueError, "unique"):
       Trainer(_spec(), self.workdir,

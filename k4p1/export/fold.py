@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -61,8 +63,17 @@ def plain_backbone(backbone: keras.Model, task: str) -> keras.Model:
   layer: patch layers declare how); every other layer is copied with its weights. Nothing is
   shared with the original.
   """
+  def call(layer, *args, **kwargs):
+    # A patch layer's call may take arguments its plain form does not (a bias patch that wraps
+    # a BN takes `mask`; the plain conv it becomes elsewhere does not).
+    params = inspect.signature(layer.call).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+      kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return layer(*args, **kwargs)
+
   return keras.models.clone_model(
-      backbone, clone_function=lambda layer: patches.to_plain(layer, _plain_name(layer, task)))
+      backbone, clone_function=lambda layer: patches.to_plain(layer, _plain_name(layer, task)),
+      call_function=call)
 
 
 def fold_batchnorm_into_convs(model: keras.Model) -> keras.Model:
@@ -78,7 +89,8 @@ def fold_batchnorm_into_convs(model: keras.Model) -> keras.Model:
   for name, layer in layers.items():
     if isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3):
       (producer,) = graph.producers[name] if len(graph.producers[name]) == 1 else (None,)
-      if producer and isinstance(layers[producer], _CONV) and graph.consumers[producer] == 1:
+      if (producer and isinstance(layers[producer], _CONV) and graph.consumers[producer] == 1
+          and getattr(layers[producer].activation, "__name__", "") == "linear"):
         conv_bn[producer] = layer
   folded_bns = {id(bn) for bn in conv_bn.values()}
   pairs = []

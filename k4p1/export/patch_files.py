@@ -168,7 +168,7 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
   try:
     load_patch(models, name, path, check_base_weights)
   except BaseException:
-    del models.tasks[name]
+    models.remove(name)
     raise
   return models.tasks[name]
 

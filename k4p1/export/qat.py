@@ -8,7 +8,7 @@ keras.applications MobileNetV2 in tf_keras, loads the weights by layer name, che
 computes what the Keras 3 model computes, annotates it for quantization (everything except the
 input Rescaling), fine-tunes only the task's own layers (its patched BN / depthwise layers and
 classifier; every layer for full fine-tuning) with the quantizers in place, and converts it to a
-full-integer int8 .tflite with the same contract as k4p1.deploy's int8 files (uint8 `images` in,
+full-integer int8 .tflite with the same contract as k4p1.export.tflite's int8 files (uint8 `images` in,
 `probabilities` out).
 
 Needs `pip install --no-deps tf-keras==2.21.0 tensorflow-model-optimization==0.8.1 dm-tree`
@@ -40,7 +40,7 @@ def _mobilenet_alpha(model) -> float:
   name = model.name  # keras.applications names it mobilenetv2_<alpha>_<size>
   if not name.startswith("mobilenetv2_"):
     raise QATError(f"QAT rebuilds keras.applications MobileNetV2 in tf_keras; this backbone is "
-                   f"{name!r}. Use post-training int8 (k4p1.deploy) for other backbones.")
+                   f"{name!r}. Use post-training int8 (k4p1.export.tflite) for other backbones.")
   return float(name.split("_")[1])
 
 

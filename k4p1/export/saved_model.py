@@ -103,7 +103,7 @@ def signatures(models: TaskModels, requests: dict) -> list[Signature]:
 
 
 def export_saved_model(models: TaskModels, tasks: list[str], path: str,
-                       mixed=None) -> str:
+                       mixed=None, kinds: dict | None = None) -> str:
   """Writes one SavedModel with a signature per task (first task = serving_default).
 
   Args:
@@ -113,12 +113,17 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     mixed: optional k4p1.export.mixed.mixed_serving_function(models, tasks): exported as the `mixed`
       signature (images plus a task id per example, routed by task in the graph; task ids are positions
       in its task list).
+    kinds: more signatures by registered kind, {kind: its tasks} (e.g. {"mixed": [...]}, the
+      same as passing `mixed`).
 
   Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids.
   """
   if not tasks:
     raise ValueError("export_saved_model needs at least one task.")
-  mixed_tasks = list(mixed.tasks) if mixed is not None else []
+  kinds = dict(kinds or {})
+  if mixed is not None and kinds.get("mixed"):
+    raise ValueError("Pass the mixed signature once: `mixed` or kinds['mixed'].")
+  mixed_tasks = list(mixed.tasks) if mixed is not None else list(kinds.get("mixed", []))
   for t in list(tasks) + mixed_tasks:
     if t not in models.tasks:
       raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
@@ -126,7 +131,7 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
   if MIXED_SIGNATURE in tasks:
     raise ValueError(f"A task named {MIXED_SIGNATURE!r} would clash with the mixed-task "
                      f"signature; rename the task.")
-  endpoints = task_signatures(models, list(tasks))
+  endpoints = signatures(models, {"task": list(tasks), **kinds})
   if mixed is not None:
     endpoints.append(_mixed_signature(mixed))
   archive = keras.export.ExportArchive()

@@ -11,12 +11,15 @@ LoRA's merged `save_own_variables`.
 Mixed-task serving routes each example to its own task's graph (k4p1.export.mixed), so every kind can
 serve mixed batches; a kind declares nothing for it.
 
-Example (the whole of a kind that trains only biases: k4p1/patches/bias.py):
+Example (the declaration of k4p1/patches/bias.py, which also holds its BiasPatch layer):
   PATCH_KINDS.register("bias", PatchKind(
-      name="bias", description="BitFit: a learned bias delta on BN and biased conv/dense layers",
-      targets=(keras.layers.BatchNormalization, keras.layers.Conv2D, keras.layers.Dense),
-      build=lambda layer, task, options: BiasPatch(layer, task=task),
-      applies=lambda layer, graph: ...))
+      name="bias", description="BitFit: a learned bias delta on every BN and biased linear "
+                               "conv/dense layer",
+      targets=(keras.layers.BatchNormalization, keras.layers.Conv2D,
+               keras.layers.DepthwiseConv2D, keras.layers.Dense),
+      build=lambda layer, task, options: BiasPatch(layer, task=task, base_name=layer.name),
+      applies=_has_linear_bias, conflicts=("scale_bias", "bn_stats"),
+      target_text="BatchNormalization or biased conv/dense", order=50))
 """
 
 from __future__ import annotations
@@ -107,14 +110,17 @@ class PatchKind:
 
 
 def _convert(text, kind, where):
+  """A raw option value as the field's type (int, float, bool or str; others are passed as is)."""
+  if kind not in (int, float, bool, str):
+    return text
   if not isinstance(text, str):
-    return kind(text) if kind in (int, float, bool, str) else text
+    return kind(text)
+  if kind is bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0"):
+      raise ConfigError(f"{where} must be true or false. Received: {text!r}")
+    return lowered in ("true", "1")
   try:
-    if kind is bool:
-      lowered = text.strip().lower()
-      if lowered not in ("true", "false", "1", "0"):
-        raise ValueError(text)
-      return lowered in ("true", "1")
     return kind(text)
   except ValueError:
     raise ConfigError(f"{where} must be a {kind.__name__}. Received: {text!r}") from None
@@ -155,7 +161,9 @@ class PatchLayer:
     return list(self.weights)
 
   def learned_variables(self) -> list:
-    """Own variables that training changes by gradient."""
+    """Own variables that training changes by gradient. Kinds declare it (override): the
+    default reads the variables' trainable flags, which Keras's layer `trainable` setter
+    rewrites."""
     return [v for v in self.own_variables() if v.trainable]
 
   def fixed_variables(self) -> list:
@@ -209,7 +217,10 @@ def options(spec: PatchSpec, name: str) -> Any:
 
 
 def check(spec: PatchSpec, where: str = "patch") -> PatchSpec:
-  """Checks kind names, their options and combinations; returns `spec`.
+  """Checks kind names, their options and combinations; returns the canonical spec.
+
+  Canonical: every kind's options typed and complete (defaults included), so a spec parsed
+  from a config equals the same spec read back from a patch file.
 
   Raises:
     ConfigError: unknown kind (with a "did you mean"), bad option, or kinds that conflict.
@@ -227,7 +238,10 @@ def check(spec: PatchSpec, where: str = "patch") -> PatchSpec:
     if k.private_copy and spec.train_base:
       raise ConfigError(f"{where}: '{k.name}' trains a private copy; train_base=True trains the "
                         f"shared one. Pick one.")
-  return spec
+  typed = tuple(sorted(
+      (k.name, tuple(sorted(dataclasses.asdict(options(spec, k.name)).items())))
+      for k in resolved if dataclasses.fields(k.options)))
+  return dataclasses.replace(spec, options=typed)
 
 
 def label(spec: PatchSpec) -> str:

@@ -45,6 +45,9 @@ class BiasPatch(PatchLayer, keras.layers.Wrapper):
   def own_variables(self) -> list:
     return [self.delta]
 
+  def learned_variables(self) -> list:
+    return [self.delta]
+
   def call(self, inputs, training=None, mask=None):
     if isinstance(self.layer, keras.layers.BatchNormalization):
       return self.layer(inputs, training=training, mask=mask) + self.delta

@@ -43,6 +43,9 @@ class ChannelScaleBiasPatch(PatchLayer, keras.layers.Wrapper):
   def own_variables(self) -> list:
     return [self.scale, self.bias]
 
+  def learned_variables(self) -> list:
+    return [self.scale, self.bias]
+
   def call(self, inputs, training=None):
     return self.layer(inputs) * self.scale + self.bias
 
@@ -59,8 +62,12 @@ class ChannelScaleBiasPatch(PatchLayer, keras.layers.Wrapper):
     plain = build_like(type(inner).from_config(config), self.layer)
     scale, bias = self.scale.numpy(), self.bias.numpy()
     inner_bias = inner.bias.numpy() if inner.use_bias else np.zeros_like(bias)
-    plain.set_weights([scale_output_channels(inner.kernel.numpy(), inner, scale),
-                       inner_bias * scale + bias])
+    if isinstance(inner, keras.layers.SeparableConv2D):  # the scale goes into the pointwise part
+      plain.set_weights([inner.depthwise_kernel.numpy(), inner.pointwise_kernel.numpy() * scale,
+                         inner_bias * scale + bias])
+    else:
+      plain.set_weights([scale_output_channels(inner.kernel.numpy(), inner, scale),
+                         inner_bias * scale + bias])
     return plain
 
   def get_config(self):

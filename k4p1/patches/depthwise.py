@@ -28,6 +28,9 @@ class DepthwisePatch(PatchLayer, keras.layers.DepthwiseConv2D):
     config.pop("trainable", None)
     return cls(task=task, base_name=base.name, name=cls.patch_name(base.name, task), **config)
 
+  def learned_variables(self) -> list:
+    return [self.kernel] + ([self.bias] if self.use_bias else [])
+
   def init_from_base(self, base):
     self.kernel.assign(base.kernel)
     if self.use_bias:

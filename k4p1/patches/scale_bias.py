@@ -72,6 +72,9 @@ class ScaleBiasPatch(PatchLayer, FusedBatchNormalization):
     self.moving_mean.assign(base.moving_mean)
     self.moving_variance.assign(base.moving_variance)
 
+  def learned_variables(self) -> list:
+    return [self.gamma, self.beta] if self.learn else []
+
   @property
   def uses_batch_statistics(self) -> bool:
     """Whether training normalises with batch statistics (then they are recomputed after)."""

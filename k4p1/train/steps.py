@@ -46,7 +46,7 @@ class StepMetrics:
     self.count.assign_add(1)
 
   def read_and_reset(self) -> tuple[float, float, int]:
-    """(mean loss, mean accuracy, steps) since the last read; one host sync."""
+    """(mean loss, mean accuracy, steps) since the last read: three reads, once per log."""
     n = int(self.count.numpy())
     loss, acc = float(self.loss_sum.numpy()), float(self.accuracy_sum.numpy())
     for v in (self.loss_sum, self.accuracy_sum):

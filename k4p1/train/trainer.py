@@ -132,10 +132,13 @@ class Trainer:
       self.optimizers = {}
       if with_data:
         for phase in self.phases:
+          variables = self.phase_variables(phase)
+          if not variables:  # e.g. bn_stats without last_layer: statistics only
+            continue
           task = spec.task(phase.task)
           opt = make_optimizer(spec.optimizer, phase.lr or task.lr or spec.optimizer.lr,
                                self.steps_per_epoch(phase.task))
-          opt.build(self.phase_variables(phase))
+          opt.build(variables)
           self.optimizers[phase.name] = opt
     root = tf.Module()
     root.base = self.models.base
@@ -208,6 +211,15 @@ class Trainer:
     task = self.models.activate(name, None if phase.variables is None
                                 else self.phase_variables(phase))
     train = self.spec.train
+    if phase.name not in self.optimizers:  # nothing learned by gradient
+      t0 = time.time()
+      logging.info("Phase %s trains no variable by gradient: its BN statistics only.",
+                   phase.name)
+      self._recompute_statistics(name, train.seed)
+      step_var.assign(total)
+      self.manager.save(checkpoint_number=self._checkpoint_number())
+      return {"train_steps": total, "train_seconds": round(time.time() - t0, 2),
+              "train_images_per_second": 0.0}
     # Resumed runs reseed the shuffle from the step so they do not replay the same batches.
     iterator = iter(self._distributed_batches(name, seed=train.seed + start))
     optimizer = self.optimizers[phase.name]

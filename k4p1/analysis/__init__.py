@@ -1,0 +1,1 @@
+"""Analyses: parameter accounting (report.py) and the paper's section-4 folding (folding.py)."""
