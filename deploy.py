@@ -131,8 +131,8 @@ def run():
                 f"int8 needs representative data for task {task!r}, but its patch file records "
                 f"no dataset (written by an older k4p1). Use --quantization=float32,dynamic, or "
                 f"retrain/re-save the patch.")
-          data = load_task_data(dataset, models.backbone.input_size, config.data.data_dir,
-                                config.data.download)
+          data = load_task_data(dataset, models.backbone.input_size, spec.data.data_dir,
+                                spec.data.download)
           cache[task] = [b.numpy() for b in data.representative_batches(_REPR.value)]
         return cache[task]
 

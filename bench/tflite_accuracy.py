@@ -41,9 +41,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main(argv):
   del argv
-  import ml_collections
   import numpy as np
   import tensorflow as tf
+  from k4p1 import config as config_lib
   from k4p1 import experiment
   from k4p1.export import patch_files, tflite
   from k4p1.data import load_task_data
@@ -57,9 +57,7 @@ def main(argv):
                     f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:smoke",
                     f"--workdir={workdir}"], check=True, capture_output=True)
   try:
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    spec = experiment.resolve(config)
+    spec = experiment.resolve(config_lib.from_json(os.path.join(workdir, "config.json")))
     patches = sorted(os.path.join(workdir, "patches", p)
                      for p in os.listdir(os.path.join(workdir, "patches")))
     base = os.path.join(workdir, "base.weights.h5")
@@ -68,7 +66,7 @@ def main(argv):
     if _SMOKE.value:
       tasks = tasks[-1:]
     data = {t: load_task_data(models.tasks[t].spec.dataset, models.backbone.input_size,
-                              config.data.data_dir) for t in tasks}
+                              spec.data.data_dir) for t in tasks}
     calibration = {t: [b.numpy() for b in data[t].representative_batches(_REPR.value)]
                    for t in tasks}  # read once, used by every int8 conversion
     representative = calibration.__getitem__

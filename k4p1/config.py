@@ -543,6 +543,3 @@ def validate(config) -> ExperimentSpec:
 def _names(text: str) -> list[str]:
   return [x.strip() for x in str(text).split(",") if x.strip()]
 
-
-def export_tasks(config) -> list[str]:
-  return _names(config.export.tasks) or task_order(config)

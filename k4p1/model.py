@@ -216,10 +216,6 @@ class TaskModels:
     # this keeps checkpoints written by earlier versions (model.trainable_variables) resumable.
     return [v for v in _unique(task.model.variables) if id(v) in wanted]
 
-  def learnable_shared_variables(self) -> list:
-    """The shared base's variables that gradient training may change (not BN statistics)."""
-    return list(self._learnable_shared)
-
   def _read_variable_kinds(self, name: str) -> dict:
     task = self.tasks[name]
     out = {}

@@ -71,8 +71,11 @@ def format_parameter_report(rows: list[dict], base_name: str = "") -> str:
     lines.append(f"\nTask {r['task']} ({r['num_classes']} classes), patch: {r['patch']}")
     lines.append(f"  {'component':<20}{'learned':>12}{'fixed':>12}")
     for kind, c in r["components"].items():
-      fixed_note = {"scale_bias": " (statistics)", "bn_stats": " (statistics)",
-                    "last_layer": " (random, not trained)" if c["fixed"] else ""}.get(kind, "")
+      if kind == "last_layer":  # the head option, not a patch kind
+        note = "random, not trained" if c["fixed"] else ""
+      else:
+        note = patches.kind(kind).fixed_note if c["fixed"] else ""
+      fixed_note = f" ({note})" if note else ""
       lines.append(f"  {kind:<20}{c['learned']:>12,}{c['fixed']:>12,}{fixed_note}")
     lines.append(f"  trainable: {r['trainable']:,}   task-specific: {r['task_specific']:,} "
                  f"({100 * r['share_of_base']:.2f}% of the base)"

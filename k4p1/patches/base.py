@@ -60,6 +60,8 @@ class PatchKind:
     private_copy: the kind gives the task a copy of every layer ('full'); it combines with no
       other kind.
     target_text: what the kind needs, for the "matches no layer" error.
+    describe: optional (options) -> text appended to labels, e.g. ' (frozen stats)'.
+    fixed_note: what the report says of the kind's fixed variables, e.g. 'statistics'.
     order: position in labels and reports (smaller first).
   """
   name: str
@@ -72,6 +74,8 @@ class PatchKind:
   init: Optional[Callable] = None
   private_copy: bool = False
   target_text: str = ""
+  describe: Optional[Callable] = None
+  fixed_note: str = ""
   order: int = 100
 
   def initialise(self, task_layer, base_layer):
@@ -248,8 +252,9 @@ def label(spec: PatchSpec) -> str:
   """'scale_bias+last_layer (batch stats)': what a task trains, for tables and reports."""
   names = [k.name for k in kinds_of(spec)] + (["last_layer"] if spec.train_head else [])
   text = "+".join(names) if names else "none"
-  if "scale_bias" in spec.kinds:
-    text += f" ({options(spec, 'scale_bias').statistics} stats)"
+  for k in kinds_of(spec):
+    if k.describe is not None:
+      text += k.describe(options(spec, k.name))
   if spec.train_base:
     text += " +shared base"
   return text

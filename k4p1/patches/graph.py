@@ -37,28 +37,27 @@ class PatchGraph:
   Attributes:
     producers: layer name -> names of the layers feeding it.
     consumers: layer name -> how many layers it feeds.
-    classes: layer name -> the layer's class name in the config.
+    layers: layer name -> the layer.
   """
   producers: dict
   consumers: collections.Counter
-  classes: dict
+  layers: dict
 
   @classmethod
   def of(cls, model: keras.Model) -> "PatchGraph":
-    producers, consumers, classes = {}, collections.Counter(), {}
+    producers, consumers, layers = {}, collections.Counter(), {l.name: l for l in model.layers}
     for lc in model.get_config()["layers"]:
       inbound = inbound_layer_names(lc)
       producers[lc["name"]] = inbound
-      classes[lc["name"]] = lc["class_name"]
       for name in inbound:
         consumers[name] += 1
-    return cls(producers, consumers, classes)
+    return cls(producers, consumers, layers)
 
   def followed_by_bn(self) -> set[str]:
     """Names of the layers whose output feeds a BatchNormalization (or a BN patch)."""
     out = set()
-    for name, cls in self.classes.items():
-      if cls == "BatchNormalization" or cls.endswith(("ScaleBiasPatch", "FusedBatchNormalization")):
+    for name, layer in self.layers.items():
+      if isinstance(layer, keras.layers.BatchNormalization):
         out |= self.producers[name]
     return out
 

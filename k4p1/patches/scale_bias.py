@@ -115,6 +115,8 @@ PATCH_KINDS.register("scale_bias", PatchKind(
     options=ScaleBiasOptions,
     conflicts=("bn_stats",),
     target_text="BatchNormalization",
+    describe=lambda options: f" ({options.statistics} stats)",
+    fixed_note="statistics",
     order=10))
 
 PATCH_KINDS.register("bn_stats", PatchKind(
@@ -125,4 +127,5 @@ PATCH_KINDS.register("bn_stats", PatchKind(
     build=lambda layer, task, options: ScaleBiasPatch.from_base(layer, task, "batch", learn=False),
     conflicts=("scale_bias",),
     target_text="BatchNormalization",
+    fixed_note="statistics",
     order=20))
