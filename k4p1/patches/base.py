@@ -176,6 +176,48 @@ class PatchLayer:
     return [v for v in self.own_variables() if id(v) not in learned]
 
 
+class ChannelWrapperPatch(PatchLayer, keras.layers.Wrapper):
+  """A patch that wraps a shared layer and owns per-output-channel variables applied after it.
+
+  Subclasses list their variables in `channel_weights` ((attribute, variable name,
+  initializer), ...) and define `call` and `to_plain`; the wrapped layer stays shared and
+  untouched, and a fresh patch (the initializers) computes what the layer computes.
+  """
+
+  channel_weights = ()
+
+  def __init__(self, layer, task: str, base_name: str = "", **kwargs):
+    kwargs.setdefault("name", self.patch_name(layer.name, task))
+    super().__init__(layer, **kwargs)
+    self._init_patch(task, base_name or layer.name)
+
+  def build(self, input_shape=None):
+    if not self.layer.built:
+      self.layer.build(input_shape)
+    channels = self.layer.compute_output_shape(input_shape)[-1]
+    for attribute, name, initializer in self.channel_weights:
+      setattr(self, attribute, self.add_weight(name=name, shape=(channels,),
+                                               initializer=initializer))
+    self.built = True
+
+  def init_from_base(self, base):
+    for attribute, _, initializer in self.channel_weights:
+      v = getattr(self, attribute)
+      v.assign(keras.initializers.get(initializer)(v.shape))
+
+  def own_variables(self) -> list:
+    return [getattr(self, attribute) for attribute, _, _ in self.channel_weights]
+
+  def learned_variables(self) -> list:
+    return self.own_variables()
+
+  def compute_output_shape(self, input_shape):
+    return self.layer.compute_output_shape(input_shape)
+
+  def get_config(self):
+    return {**super().get_config(), **self._patch_config()}
+
+
 def plain_config(layer) -> dict:
   """A layer's config without the patch-only keys, for building its plain Keras twin."""
   config = dict(layer.get_config())

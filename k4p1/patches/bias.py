@@ -15,46 +15,23 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from k4p1.patches.base import PATCH_KINDS, PatchKind, PatchLayer, build_like, to_plain
+from k4p1.patches.base import ChannelWrapperPatch, PATCH_KINDS, PatchKind, build_like, to_plain
 
 _BIASED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 
 
 @keras.saving.register_keras_serializable(package="k4p1")
-class BiasPatch(PatchLayer, keras.layers.Wrapper):
+class BiasPatch(ChannelWrapperPatch):
   """y = layer(x) + delta, per output channel; `layer` (BN, or a biased linear conv/dense) is
   shared and untouched."""
 
   kind = "bias"
-
-  def __init__(self, layer, task: str, base_name: str = "", **kwargs):
-    kwargs.setdefault("name", self.patch_name(layer.name, task))
-    super().__init__(layer, **kwargs)
-    self._init_patch(task, base_name or layer.name)
-
-  def build(self, input_shape=None):
-    if not self.layer.built:
-      self.layer.build(input_shape)
-    channels = self.layer.compute_output_shape(input_shape)[-1]
-    self.delta = self.add_weight(name="bias_delta", shape=(channels,), initializer="zeros")
-    self.built = True
-
-  def init_from_base(self, base):
-    self.delta.assign(np.zeros(self.delta.shape, "float32"))
-
-  def own_variables(self) -> list:
-    return [self.delta]
-
-  def learned_variables(self) -> list:
-    return [self.delta]
+  channel_weights = (("delta", "bias_delta", "zeros"),)
 
   def call(self, inputs, training=None, mask=None):
     if isinstance(self.layer, keras.layers.BatchNormalization):
       return self.layer(inputs, training=training, mask=mask) + self.delta
     return self.layer(inputs) + self.delta
-
-  def compute_output_shape(self, input_shape):
-    return self.layer.compute_output_shape(input_shape)
 
   def to_plain(self, name: str) -> keras.layers.Layer:
     inner = to_plain(self.layer, name)
@@ -69,9 +46,6 @@ class BiasPatch(PatchLayer, keras.layers.Wrapper):
       return plain
     inner.bias.assign(inner.bias.numpy() + delta)
     return inner
-
-  def get_config(self):
-    return {**super().get_config(), **self._patch_config()}
 
 
 def _has_linear_bias(layer, graph) -> bool:

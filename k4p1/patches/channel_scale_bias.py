@@ -13,44 +13,19 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from k4p1.patches.base import (PATCH_KINDS, PatchKind, PatchLayer, build_like,
+from k4p1.patches.base import (PATCH_KINDS, ChannelWrapperPatch, PatchKind, build_like,
                                scale_output_channels, to_plain)
 
 
 @keras.saving.register_keras_serializable(package="k4p1")
-class ChannelScaleBiasPatch(PatchLayer, keras.layers.Wrapper):
+class ChannelScaleBiasPatch(ChannelWrapperPatch):
   """y = layer(x) * scale + bias, per output channel; `layer` is shared and untouched."""
 
   kind = "channel_scale_bias"
-
-  def __init__(self, layer, task: str, base_name: str = "", **kwargs):
-    kwargs.setdefault("name", self.patch_name(layer.name, task))
-    super().__init__(layer, **kwargs)
-    self._init_patch(task, base_name or layer.name)
-
-  def build(self, input_shape=None):
-    if not self.layer.built:
-      self.layer.build(input_shape)
-    channels = self.layer.compute_output_shape(input_shape)[-1]
-    self.scale = self.add_weight(name="scale", shape=(channels,), initializer="ones")
-    self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros")
-    self.built = True
-
-  def init_from_base(self, base):
-    self.scale.assign(np.ones(self.scale.shape, "float32"))
-    self.bias.assign(np.zeros(self.bias.shape, "float32"))
-
-  def own_variables(self) -> list:
-    return [self.scale, self.bias]
-
-  def learned_variables(self) -> list:
-    return [self.scale, self.bias]
+  channel_weights = (("scale", "scale", "ones"), ("bias", "bias", "zeros"))
 
   def call(self, inputs, training=None):
     return self.layer(inputs) * self.scale + self.bias
-
-  def compute_output_shape(self, input_shape):
-    return self.layer.compute_output_shape(input_shape)
 
   def to_plain(self, name: str) -> keras.layers.Layer:
     """The wrapped layer's plain type with scale and bias multiplied into its weights."""
@@ -69,9 +44,6 @@ class ChannelScaleBiasPatch(PatchLayer, keras.layers.Wrapper):
       plain.set_weights([scale_output_channels(inner.kernel.numpy(), inner, scale),
                          inner_bias * scale + bias])
     return plain
-
-  def get_config(self):
-    return {**super().get_config(), **self._patch_config()}
 
 
 PATCH_KINDS.register("channel_scale_bias", PatchKind(
