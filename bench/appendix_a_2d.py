@@ -44,7 +44,6 @@ def main(argv):
   import keras
   import numpy as np
   import tensorflow as tf
-  from k4p1.files import atomic_write_text
   from k4p1.patches import parse_patch, patch_model
   from k4p1.patches.channel_scale_bias import ChannelScaleBiasPatch
 
@@ -132,10 +131,9 @@ def main(argv):
                     "balanced_accuracy": pre_acc})
     figures[m] = panels
 
-  os.makedirs(_OUT_DIR.value, exist_ok=True)
-  atomic_write_text(os.path.join(_OUT_DIR.value, "appendix_a.json"), json.dumps(
+  common.write_result(os.path.join(_OUT_DIR.value, "appendix_a.json"), json.loads(json.dumps(
       {"experiment": "appendix_a_2d", "smoke": _SMOKE.value, "config": cfg.to_dict(),
-       "results": results}, indent=2, default=list))
+       **common.machine(), "results": results}, default=list)))
 
   import matplotlib
   matplotlib.use("Agg")
@@ -158,10 +156,7 @@ def main(argv):
         ax.set_title(name, fontsize=8)
     fig.suptitle(f"Appendix A, embedding m = {m}: class 1 (red) after fine-tuning each parameter set")
     fig.tight_layout()
-    path = os.path.join(_OUT_DIR.value, f"appendix_a_m{m}.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"wrote {path}")
+    common.save_figure(fig, os.path.join(_OUT_DIR.value, f"appendix_a_m{m}.png"), dpi=90)
 
 
 if __name__ == "__main__":

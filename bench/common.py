@@ -1,4 +1,5 @@
-"""What every benchmark shares: the import path, machine facts, load check, result writing.
+"""What every benchmark shares: the import path, machine facts, load check, result and figure
+writing.
 
 Benchmarks run as `python bench/NAME.py`, so Python puts bench/ (not the repository) on the
 path; importing this module adds the repository root once.
@@ -34,8 +35,20 @@ def warn_if_busy(threshold: float = 0.5):
           f"running; speed figures from this run are not trustworthy.", file=sys.stderr)
 
 
-def write_result(path: str, result: dict):
-  """Writes the result JSON atomically (creating its folder) and says where."""
+def write_result(path: str, result: dict, quiet: bool = False):
+  """Writes the result JSON atomically (creating its folder) and, unless quiet, says where."""
   from k4p1.files import atomic_write_json
   atomic_write_json(path, result)
+  if not quiet:
+    print(f"wrote {path}")
+
+
+def save_figure(fig, path: str, dpi: int = 110):
+  """Saves a matplotlib figure atomically (a temporary file, then a rename), closes it, says where."""
+  import matplotlib.pyplot as plt
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=dpi)
+  os.replace(tmp, path)
+  plt.close(fig)
   print(f"wrote {path}")

@@ -8,7 +8,6 @@ Run (about 3 minutes per seed on 2 cores):
 Smoke: python bench/digits_transfer.py --smoke --out=/tmp/digits.json
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -33,7 +32,6 @@ def _config(smoke):
 def main(argv):
   del argv
   from k4p1 import experiment
-  from k4p1.files import atomic_write_text
   seeds = [0] if _SMOKE.value else [int(s) for s in _SEEDS.value.split(",")]
   runs = []
   for seed in seeds:
@@ -57,9 +55,8 @@ def main(argv):
     accs = [run["tasks"][task]["accuracy"] for run in runs]
     summary[task] = {"mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs)}
   out = {"benchmark": "digits_transfer", "config": "configs/digits.py", "smoke": _SMOKE.value,
-         "seeds": seeds, "summary": summary, "runs": runs}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  atomic_write_text(_OUT.value, json.dumps(out, indent=2))
+         **common.machine(), "seeds": seeds, "summary": summary, "runs": runs}
+  common.write_result(_OUT.value, out, quiet=True)
   print(f"\n{'task':<26}{'mean':>8}{'min':>8}{'max':>8}   ({len(seeds)} seeds)")
   for task, s in summary.items():
     print(f"{task:<26}{100 * s['mean']:>7.2f}%{100 * s['min']:>7.2f}%{100 * s['max']:>7.2f}%")

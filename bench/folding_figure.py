@@ -7,7 +7,6 @@ the component counts (exact, k4p1.analysis.folding) to a JSON file.
 Run: python bench/folding_figure.py --out_dir=docs
 """
 
-import json
 import os
 
 import common  # noqa: E402,F401  (puts the repository on the import path)
@@ -27,7 +26,6 @@ def main(argv):
   import matplotlib.pyplot as plt
   import numpy as np
   from k4p1.analysis import folding
-  from k4p1.files import atomic_write_text
 
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   x = np.linspace(-0.6, 1.4, 4001)
@@ -50,14 +48,11 @@ def main(argv):
   fig.suptitle("Preimage of [0.2, 0.4] (green) under F = q(q(x)) as one bias changes "
                "(K for the price of 1, Figure 2)")
   fig.tight_layout()
-  png = os.path.join(_OUT_DIR.value, "folding.png")
-  fig.savefig(png + ".tmp.png", dpi=110)
-  os.replace(png + ".tmp.png", png)
-  atomic_write_text(os.path.join(_OUT_DIR.value, "folding.json"),
-                    json.dumps({"figure": "folding", "band": [LO, HI], "panels": rows}, indent=2))
   for r in rows:
     print(f"b0={r['b0']:+.3f}: {r['components']} components {r['preimage']}")
-  print(f"wrote {png}")
+  common.save_figure(fig, os.path.join(_OUT_DIR.value, "folding.png"))
+  common.write_result(os.path.join(_OUT_DIR.value, "folding.json"),
+                      {"figure": "folding", "band": [LO, HI], "panels": rows})
 
 
 if __name__ == "__main__":

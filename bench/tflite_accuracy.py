@@ -17,7 +17,6 @@ Smoke (CI): python bench/tflite_accuracy.py --smoke --out=/tmp/tflite_accuracy.j
 """
 
 import importlib.util
-import json
 import os
 import shutil
 import subprocess
@@ -33,8 +32,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "k4p1_runs/digits", "A train.py workdi
 _TASKS = flags.DEFINE_list("tasks", [], "Tasks (default: every task of the run).")
 _REPR = flags.DEFINE_integer("representative_examples", 256, "int8 calibration images.")
 _QAT_STEPS = flags.DEFINE_integer("qat_steps", 300, "QAT fine-tuning steps (0: skip QAT).")
-_SMOKE = flags.DEFINE_bool("smoke", False, "Trains the embedded default's smoke run first; "
-                           "one task, 32 test images, no QAT.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "One task, 32 test images, no QAT; trains the embedded "
+                           "default's smoke run first unless --workdir is given.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,10 +46,9 @@ def main(argv):
   from k4p1 import experiment
   from k4p1.export import patch_files, tflite
   from k4p1.data import load_task_data
-  from k4p1.files import atomic_write_text
 
   workdir, tmp = _WORKDIR.value, None
-  if _SMOKE.value:
+  if _SMOKE.value and not _WORKDIR.present:
     tmp = tempfile.mkdtemp()
     workdir = os.path.join(tmp, "run")
     subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
@@ -113,10 +111,8 @@ def main(argv):
     out = {"benchmark": "tflite_accuracy", "workdir": workdir, "smoke": _SMOKE.value,
            "backbone": models.base.name, "qat": have_tfmot and _QAT_STEPS.value > 0
            and not _SMOKE.value, "qat_steps": _QAT_STEPS.value, "results": rows,
-           "sizes_bytes": sizes}
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    atomic_write_text(_OUT.value, json.dumps(out, indent=2))
-    print(f"wrote {_OUT.value}")
+           "sizes_bytes": sizes, **common.machine()}
+    common.write_result(_OUT.value, out)
   finally:
     if tmp:
       shutil.rmtree(tmp, ignore_errors=True)

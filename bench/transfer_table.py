@@ -138,9 +138,7 @@ def plot(rows, regimes, path):
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=7, loc="best")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  common.save_figure(fig, path)
 
 
 def main(argv):
@@ -157,7 +155,7 @@ def main(argv):
       "smoke": _SMOKE.value, "scale_bias_statistics": "frozen" if _FROZEN.value else "batch",
       "settings": {"input_size": module.SIZE, "train_examples": module.TRAIN_EXAMPLES,
                    "eval_examples": module.EVAL_EXAMPLES, "epochs": module.EPOCHS},
-      "rows": [], "cell_seconds": {}}
+      **common.machine(), "rows": [], "cell_seconds": {}}
   done = {(r["backbone"], r["dataset"], r["lr"]) for r in out["rows"]}
   cells = [(b, d, lr) for b in _BACKBONES.value for d in datasets for lr in lrs]
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="k4p1_transfer_")
@@ -169,7 +167,7 @@ def main(argv):
     rows, seconds = run_cell(b, d, lr, _SMOKE.value, workdir, _FROZEN.value)
     out["rows"].extend(rows)
     out["cell_seconds"][f"{b},{d},{lr}"] = round(seconds, 1)
-    atomic_write_text(_OUT.value, json.dumps(out, indent=1))
+    common.write_result(_OUT.value, out, quiet=True)
     summary = "  ".join(f"{r['regime']}={100 * r['accuracy']:.1f}" for r in rows)
     print(f"[{i + 1}/{len(cells)}] {b} {d} lr={lr} ({seconds:.0f}s): {summary}", flush=True)
   if _TABLE.value:

@@ -99,17 +99,23 @@ class ImageFrontend(keras.layers.Layer):
           keras.ops.convert_to_tensor([0.229, 0.224, 0.225])
     return x
 
-  def to_plain(self) -> list:
-    """Plain Keras layers computing the same (for folded models: no k4p1 class)."""
+  def to_plain(self, layers=None) -> list:
+    """Plain layers computing the same (for folded models: no k4p1 class).
+
+    Args:
+      layers: the module to build them from: `keras.layers` (default) or `tf_keras.layers`
+        (the QAT subprocess builds its tf_keras model from this same definition).
+    """
+    layers = layers or keras.layers
     if self.mode == "tf":
-      return [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")]
+      return [layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")]
     if self.mode == "torch":
       std = np.array([0.229, 0.224, 0.225])
-      return [keras.layers.Rescaling(1.0 / 255.0, name="preprocess_scale"),
-              keras.layers.Normalization(mean=[0.485, 0.456, 0.406], variance=std ** 2,
-                                         name="preprocess")]
+      return [layers.Rescaling(1.0 / 255.0, name="preprocess_scale"),
+              layers.Normalization(mean=[0.485, 0.456, 0.406], variance=std ** 2,
+                                   name="preprocess")]
     if self.mode == "caffe":  # RGB -> BGR and mean subtraction as one exact 1x1 convolution
-      conv = keras.layers.Conv2D(3, 1, name="preprocess")
+      conv = layers.Conv2D(3, 1, name="preprocess")
       conv.build((None, None, None, 3))
       swap = np.zeros((1, 1, 3, 3), np.float32)
       for i in range(3):

@@ -9,17 +9,18 @@ import tempfile
 import pytest
 import tensorflow as tf
 
-from k4p1.testing import REPO_ROOT
+from k4p1.testing import REPO_ROOT, smoke_run_workdir
 
 
 # ~200 s in all: each smoke starts TF in a subprocess and trains or converts (the CI slow tier).
 @pytest.mark.large
 class BenchSmokeTest(tf.test.TestCase):
 
-  def _run_smoke(self, script):
+  def _run_smoke(self, script, *args):
     out_path = os.path.join(tempfile.mkdtemp(), "result.json")
     out = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "bench", script), "--smoke", f"--out={out_path}"],
+        [sys.executable, os.path.join(REPO_ROOT, "bench", script), "--smoke", f"--out={out_path}",
+         *args],
         capture_output=True, text=True, timeout=600,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
@@ -101,7 +102,8 @@ class BenchSmokeTest(tf.test.TestCase):
                            delta=0.01)
 
   def test_tflite_accuracy_smoke(self):
-    result = self._run_smoke("tflite_accuracy.py")
+    # Reads the shared smoke run (trained once per test process) instead of training its own.
+    result = self._run_smoke("tflite_accuracy.py", f"--workdir={smoke_run_workdir()}")
     (row,) = result["results"]
     self.assertEqual(set(row["variants"]), {"float32", "dynamic", "int8"})
     self.assertEqual(row["variants"]["float32"]["agreement_with_keras"], 1.0)

@@ -71,6 +71,7 @@ def write_task(models, task: str, images: np.ndarray, labels: np.ndarray, path: 
     own = sorted({base.name for _, base, _ in t.patched.patch_layers})
   own += ["logits"] if t.spec.patch.train_head else []
   meta = {"alpha": _mobilenet_alpha(models.base), "size": models.backbone.input_size,
+          "preprocessing": models.backbone.preprocessing,
           "num_classes": t.num_classes, "layers": names, "task": task, "trainable": own}
   np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
            images=images.astype(np.uint8), labels=labels.astype(np.int32),
@@ -125,7 +126,11 @@ def _subprocess_main(src: str, dst: str, steps: int, batch_size: int, lr: float)
   meta = json.loads(data["meta"].tobytes().decode())
   size = meta["size"]
   inputs = tf_keras.Input((size, size, 3), name="images")
-  x = tf_keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+  from k4p1.frontends import ImageFrontend  # the one definition of the preprocessing
+  frontend = ImageFrontend(meta["preprocessing"]).to_plain(tf_keras.layers)
+  x = inputs
+  for layer in frontend:
+    x = layer(x)
   base = tf_keras.applications.MobileNetV2(input_tensor=x, alpha=meta["alpha"],
                                            include_top=False, weights=None)
   x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(base.output)
@@ -144,7 +149,7 @@ def _subprocess_main(src: str, dst: str, steps: int, batch_size: int, lr: float)
 
   def clone(layer):
     copy = layer.__class__.from_config(layer.get_config())
-    return copy if isinstance(layer, tf_keras.layers.Rescaling) else annotate(copy)
+    return copy if layer.name in {f.name for f in frontend} else annotate(copy)
 
   annotated = tf_keras.models.clone_model(model, clone_function=clone)
   annotated.set_weights(model.get_weights())
