@@ -27,9 +27,10 @@ Examples:
 
 import glob
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from k4p1 import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir to deploy from.")
 _CONFIG = flags.DEFINE_string("config", None, "A config file whose backbone is the base "
@@ -38,7 +39,7 @@ _PATCHES = flags.DEFINE_list("patches", [], "Patch files (.k4p1.npz; globs allow
                              "--workdir: WORKDIR/patches/*.k4p1.npz.")
 _BASE_WEIGHTS = flags.DEFINE_string("base_weights", "", "A .weights.h5 of the base (default with "
                                     "--workdir: WORKDIR/base.weights.h5 if present).")
-_OUT = flags.DEFINE_string("out", None, "Output folder.", required=True)
+_OUT = flags.DEFINE_string("out", None, "Output folder (required).")
 _FORMATS = flags.DEFINE_list("formats", ["saved_model"],
                              "saved_model, serving, tflite, folded.")
 _TASKS = flags.DEFINE_list("tasks", [], "Tasks to deploy (default: all), in signature order; "
@@ -57,7 +58,8 @@ def _sources():
   """(config, patch paths, base weights) from the flags."""
   from k4p1 import config as config_lib
   if bool(_WORKDIR.value) == bool(_CONFIG.value):
-    raise ValueError("Pass exactly one of --workdir (a train.py run) or --config (with --patches).")
+    raise ValueError("pass exactly one of --workdir (a train.py run) or --config (with "
+                     "--patches).")
   if _WORKDIR.value:
     config = config_lib.from_json(os.path.join(_WORKDIR.value, "config.json"))
     patches = _PATCHES.value or [os.path.join(_WORKDIR.value, "patches", "*.k4p1.npz")]
@@ -79,30 +81,34 @@ def _sources():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+    cli.fail(f"unexpected arguments {argv[1:]}: flags are written --name=value.",
+             "Run `deploy.py --help` for every flag.")
+  cli.setup_logging()
+  from k4p1 import config as config_lib  # no TensorFlow: bad input fails at once
   from k4p1.errors import K4P1Error
   try:
-    run()
+    if not _OUT.value:
+      raise ValueError("--out is required: the folder the deployment is written to.")
+    unknown = sorted(set(_FORMATS.value) - set(FORMATS))
+    if unknown:
+      raise ValueError(f"unknown --formats {unknown}. Known: {', '.join(FORMATS)}")
+    config, patch_paths, base_weights = _sources()
+    config_lib.validate(config)
+    cli.import_tensorflow()
+    run(config, patch_paths, base_weights)
   except (K4P1Error, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
 
 
-def run():
+def run(config, patch_paths, base_weights):
   from k4p1 import experiment, export
   from k4p1.export import fold, mixed, patch_files, serving, tflite
   from k4p1.files import atomic_write_bytes
   from k4p1.data import load_task_data
   from k4p1.export import DeployError
-  unknown = sorted(set(_FORMATS.value) - set(FORMATS))
-  if unknown:
-    raise ValueError(f"Unknown --formats {unknown}. Known: {', '.join(FORMATS)}")
   bad_q = sorted(set(_QUANT.value) - set(tflite.QUANTIZATIONS))
   if bad_q:
-    raise ValueError(f"Unknown --quantization {bad_q}. Known: {', '.join(tflite.QUANTIZATIONS)}")
-  config, patch_paths, base_weights = _sources()
+    raise ValueError(f"unknown --quantization {bad_q}. Known: {', '.join(tflite.QUANTIZATIONS)}")
   spec = experiment.resolve(config)
   models = patch_files.assemble(spec.backbone, patch_paths, base_weights)
   tasks = _TASKS.value or list(models.tasks)
@@ -118,6 +124,7 @@ def run():
   if "serving" in _FORMATS.value:
     written.append(serving.write_serving_layout(models, tasks, os.path.join(out, "serving"),
                                                 _NAME.value, _VERSION.value, mixed=mixed_fn))
+    written.append(os.path.join(out, "serving", "models.config"))
   if "tflite" in _FORMATS.value:
     representative = None
     if "int8" in _QUANT.value:
@@ -155,4 +162,4 @@ def run():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,19 +17,20 @@ Modes:
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, flags
+
+from k4p1 import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, "configs", "digits.py")
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", _DEFAULT_CONFIG,
     "Experiment config file (configs/*.py); fields overridable as --config.a.b=value; "
-    "`--config=FILE:ARG` passes ARG to get_config (e.g. configs/digits.py:smoke). "
-    "Every field is documented in k4p1/config.py.", lock_config=True)
+    "`--config=FILE:ARG` passes ARG to get_config (e.g. configs/digits.py:smoke, "
+    "configs/transfer.py:data=image_folder:/path,patch=scale_bias+last_layer). "
+    "Every field and its default is documented in k4p1/config.py.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, summaries, metrics, patch files and exports "
     "(default: ./k4p1_runs/<config name>). Rerunning with the same folder resumes.")
@@ -39,20 +40,22 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "params", "export"]
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from k4p1 import experiment  # after flag parsing: importing TensorFlow is slow
+    cli.fail(f"unexpected arguments {argv[1:]}: flags are written --name=value.",
+             "Run `train.py --help` for every flag.")
+  cli.setup_logging()
+  from k4p1 import config as config_lib  # no TensorFlow: bad input fails in a fraction of a second
   from k4p1.errors import K4P1Error
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(
       "k4p1_runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0])
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines drown the progress bar
   try:
+    config_lib.check_paths(config_lib.validate(_CONFIG.value))
+    cli.import_tensorflow()
+    from k4p1 import experiment
     experiment.run(_CONFIG.value, workdir, _MODE.value)
   except (K4P1Error, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

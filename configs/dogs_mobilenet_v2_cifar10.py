@@ -23,7 +23,7 @@ def get_config(arg=None):
       model_file=os.path.join(data_dir, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5")
       if data_dir else "")
   c.tasks.cifar10 = task_config(
-      dataset=dataset_config(source="cifar10_tarball", augment="flip", train_examples=5000,
+      dataset=dataset_config(source="cifar10_tarball", augment="none", flip=True, train_examples=5000,
                              eval_examples=1000),
       patch="scale_bias,last_layer", epochs=3)
   return c

@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.train.eval_batch_size = 250
   c.train.checkpoint_every = 500
   for name, patch in REGIMES.items():
-    data = dataset_config(source="cifar10_tarball", augment="flip", train_examples=10000,
+    data = dataset_config(source="cifar10_tarball", augment="none", flip=True, train_examples=10000,
                           eval_examples=2000)
     c.tasks[name] = task_config(dataset=data, patch=patch, epochs=6)
   c.task_order = ",".join(REGIMES)

@@ -27,7 +27,8 @@ def get_config(arg=None):
       weights=os.path.join(data_dir, "ssdlite_mobilenet_v2_person", "frozen_inference_graph.pb")
       if data_dir else "")
   c.tasks.cifar10 = task_config(
-      dataset=dataset_config(source="cifar10_tarball", augment="inception_crop"),
+      dataset=dataset_config(source="cifar10_tarball", augment="inception_crop", flip=True,
+                             eval_crop=0.875),
       patch="scale_bias,last_layer", epochs=10)
   if arg == "smoke":
     c.backbone.input_size = 64

@@ -47,7 +47,7 @@ REGIMES = {
 }
 BACKBONES = ("ssd", "dogs")
 DATASETS = {
-    "cifar10": dict(source="cifar10_tarball", augment="flip"),
+    "cifar10": dict(source="cifar10_tarball", augment="none", flip=True),
     "fashion_mnist": dict(source="fashion_mnist", augment="none"),
 }
 SIZE = 64

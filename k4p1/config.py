@@ -18,12 +18,47 @@ import os
 import ml_collections
 
 from k4p1.errors import ConfigError
+from k4p1.registry import DeclaredRegistry
 from k4p1.registry import did_you_mean as _did_you_mean
 
 # Names that select a registered entry (backbone.name, dataset.source, the patch kinds,
-# runtime.strategy, optimizer.name) are checked where they are looked up: in
+# runtime.strategy, optimizer.name) are looked up in their registries by
 # k4p1.experiment.resolve, before anything is built or written. This module imports no module
-# that registers entries, so it stays at the bottom of the import graph.
+# that registers entries, so it stays at the bottom of the import graph; `validate` checks the
+# same names against what those modules declare, read from their source (DeclaredRegistry),
+# so that a binary can refuse a typo before TensorFlow loads.
+_K4P1_DIR = os.path.dirname(os.path.abspath(__file__))
+# registry kind -> (its config field, the package that registers it, how its modules call it);
+# tests/config_test.py keeps each equal to the imported registry.
+DECLARED_REGISTRIES = {
+    "backbone": ("backbone.name", "backbones", ("BACKBONES.register", "register_backbone")),
+    "data source": ("tasks.<task>.dataset.source", "data", ("DATA_SOURCES.register",)),
+    "patch kind": ("tasks.<task>.patch", "patches", ("PATCH_KINDS.register",)),
+    "strategy": ("runtime.strategy", "train", ("STRATEGIES.register",)),
+    "optimizer": ("optimizer.name", "train", ("OPTIMIZERS.register",)),
+}
+
+
+def declared(kind: str) -> DeclaredRegistry:
+  """The names of registry `kind` as k4p1's modules declare them (nothing is imported)."""
+  field, package, spellings = DECLARED_REGISTRIES[kind]
+  return DeclaredRegistry(kind, field, os.path.join(_K4P1_DIR, package), spellings)
+
+
+def check_declared_names(spec: "ExperimentSpec"):
+  """Checks every registered name in `spec` against the declared names (no import).
+
+  Raises:
+    ConfigError: an unknown name, with the same message as the registry's own lookup.
+  """
+  declared("backbone").lookup(spec.backbone.name)
+  declared("strategy").lookup(spec.runtime.strategy)
+  declared("optimizer").lookup(spec.optimizer.name)
+  sources, kinds = declared("data source"), declared("patch kind")
+  for task in spec.tasks:
+    sources.lookup(task.dataset.source, f"tasks.{task.name}.dataset.source")
+    for kind in sorted(task.patch.kinds):
+      kinds.lookup(kind, f"tasks.{task.name}.patch")
 STATISTICS_MODES = ("batch", "frozen")
 HEAD_KIND = "last_layer"  # in `task.patch`: train the task's classifier (a head option)
 
@@ -38,12 +73,18 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
       (`cifar10/cifar10_jpeg.tar.gz`, `fashion_mnist/`).
     classes: keep only these labels (comma separated, e.g. '5,6,7,8,9'), relabelled 0..k-1.
     train_split / eval_split: split names (tfds or image-folder sub-folders).
-    train_examples / eval_examples: use only the first N examples of a split (-1: all).
-    augment: `inception_crop` (random resized crop + flip), `flip`, or `none`.
+    train_examples / eval_examples: use N examples of a split (-1: all); class-stratified for
+      local sources, the first N for tfds.
+    augment: training crop: `inception_crop` (random resized crop, 8-100% of the area) or
+      `none` (resize only). (`flip`, an older spelling, means `none` with flip=True.)
+    flip: random horizontal flips in training. Off by default: a flip changes the label of
+      digits, text and traffic signs; turn it on for natural images.
+    eval_crop: evaluation keeps this central fraction of each side before resizing (0.875:
+      Inception's; 1.0: the whole image). Independent of `augment`.
   """
   c = ml_collections.ConfigDict(dict(
       source="tfds", name="", path="", classes="", train_split="train", eval_split="test",
-      train_examples=-1, eval_examples=-1, augment="inception_crop"))
+      train_examples=-1, eval_examples=-1, augment="inception_crop", flip=False, eval_crop=1.0))
   c.update(overrides)
   return c
 
@@ -149,7 +190,8 @@ def transfer_config(patch: str, statistics: str = "batch", lr: float = 0.045,
   c.backbone.update({"name": "mobilenet_v2", "alpha": 1.0, "input_size": 224,
                      "weights": "imagenet", **backbone})
   c.tasks[task] = task_config(
-      dataset=dataset_config(source="tfds", name=dataset, train_split="train", eval_split="test"),
+      dataset=dataset_config(source="tfds", name=dataset, train_split="train", eval_split="test",
+                             augment="inception_crop", flip=True, eval_crop=0.875),
       patch=patch, statistics=statistics, epochs=epochs, lr=lr)
   return c
 
@@ -183,6 +225,8 @@ class DatasetSpec:
   train_examples: int = -1
   eval_examples: int = -1
   augment: str = "inception_crop"
+  flip: bool = False
+  eval_crop: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -509,12 +553,17 @@ def validate(config) -> ExperimentSpec:
       raise ConfigError(f"{where}.dataset.name is empty: name a tensorflow-datasets dataset, "
                         f"e.g. 'cifar100'.")
     if d.augment not in ("inception_crop", "flip", "none"):
-      raise ConfigError(f"{where}.dataset.augment must be inception_crop, flip or none. "
-                        f"Received: {d.augment!r}")
+      raise ConfigError(f"{where}.dataset.augment must be inception_crop or none (and "
+                        f"dataset.flip=True for flips). Received: {d.augment!r}")
+    eval_crop = float(d.get("eval_crop", 1.0))
+    if not 0.0 < eval_crop <= 1.0:
+      raise ConfigError(f"{where}.dataset.eval_crop must be in (0, 1] (1: no crop). "
+                        f"Received: {eval_crop}")
     dataset = DatasetSpec(
         source=d.source, name=d.name, path=d.path, classes=_parse_classes(d.classes, where),
         train_split=d.train_split, eval_split=d.eval_split, train_examples=d.train_examples,
-        eval_examples=d.eval_examples, augment=d.augment)
+        eval_examples=d.eval_examples, augment="none" if d.augment == "flip" else d.augment,
+        flip=bool(d.get("flip", False)) or d.augment == "flip", eval_crop=eval_crop)
     patch = parse_patch(t.patch, t.statistics, t.train_base, where=f"{where}.patch")
     if t.epochs <= 0 and t.steps <= 0:
       raise ConfigError(f"{where}: set epochs > 0 or steps > 0.")
@@ -531,13 +580,32 @@ def validate(config) -> ExperimentSpec:
   export = _section(ExportSpec, config.export, "export",
                     tasks=tuple(_names(config.export.tasks)) or tuple(names),
                     mixed_tasks=tuple(_names(config.export.mixed_tasks)))
-  return ExperimentSpec(
+  spec = ExperimentSpec(
       backbone=backbone, tasks=tuple(tasks),
       runtime=_section(RuntimeSpec, config.runtime, "runtime"),
       optimizer=_section(OptimizerSpec, config.optimizer, "optimizer"),
       data=_section(DataOptions, config.data, "data"),
       train=_section(TrainSpec, config.train, "train"),
       export=export)
+  check_declared_names(spec)
+  return spec
+
+
+def check_paths(spec: ExperimentSpec):
+  """Checks that every file the spec names exists (binaries call it before importing TF).
+
+  Raises:
+    ConfigError: naming the field and the missing path.
+  """
+  b = spec.backbone
+  named = [("backbone.model_file", b.model_file)]
+  if b.weights not in ("imagenet", "none", "", "random", "None"):
+    named.append(("backbone.weights", b.weights))
+  named += [(f"tasks.{t.name}.dataset.path", t.dataset.path) for t in spec.tasks]
+  for field, path in named:
+    if path and not (os.path.exists(path) or os.path.exists(path + ".index")):
+      raise ConfigError(f"{field} file not found: {path!r}. Check the path (relative paths "
+                        f"are read from {os.getcwd()}).")
 
 
 def _names(text: str) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 
 from k4p1 import config as config_lib
 from k4p1 import patches
@@ -110,6 +111,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
       config = config.copy_and_resolve_references()
       with config.unlocked():
         config.backbone.weights = "none"  # counts depend on the architecture only
+  started = time.time()
   spec = resolve(config)
   # Everything that can fail on bad input (config, weights, data) happens before the workdir
   # is created, so a failed start leaves nothing behind.
@@ -126,12 +128,16 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     return {"tasks": rows}
   if mode == "export":
     path = export(spec, models, workdir)
-    print(f"Exported {path}", flush=True)
+    print(f"Exported {path}: signatures {', '.join(signature_names(spec))}", flush=True)
     return {"saved_model": path}
 
   train_stats = {}
   if mode == "train":
-    trainer.restore()
+    if trainer.restore() and all(trainer.phase_done(p) for p in trainer.phases):
+      print(f"{workdir} is already trained ({len(trainer.phases)} phases complete): evaluating "
+            f"every task again and rewriting metrics, patch files"
+            f"{' and the SavedModel' if spec.export.enabled else ''}. To train from scratch, "
+            f"use a new --workdir.", flush=True)
     for task in spec.tasks:
       train_stats[task.name] = trainer.train_task(task.name)
   if mode == "train" and trainer.is_chief:
@@ -149,7 +155,15 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   if trainer.is_chief:
     if mode == "train" and spec.export.enabled:
       result["saved_model"] = export(spec, models, workdir)
-      print(f"Exported SavedModel with signatures {list(spec.export.tasks)} "
-            f"to {result['saved_model']}", flush=True)
+      print(f"Exported {result['saved_model']}: signatures "
+            f"{', '.join(signature_names(spec))}", flush=True)
+    result["wall_seconds"] = round(time.time() - started, 2)
     _write_json(os.path.join(workdir, "metrics.json"), result)
   return result
+
+
+def signature_names(spec) -> list[str]:
+  """The SavedModel's signatures, as `export` writes them (for messages)."""
+  tasks = list(spec.export.tasks)
+  return [f"serving_default (= {tasks[0]})"] + tasks + \
+      (["mixed (" + ", ".join(spec.export.mixed_tasks) + ")"] if spec.export.mixed_tasks else [])

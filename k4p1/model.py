@@ -94,6 +94,7 @@ class TaskModel:
   patched: PatchedModel
   head: keras.layers.Dense
   frontend: keras.layers.Layer
+  class_names: tuple = ()  # in label order; () when unknown (e.g. --mode=params)
 
   @property
   def name(self) -> str:
@@ -124,12 +125,20 @@ class TaskModels:
   def shared_variables(self) -> list:
     return _unique(self.base.variables)
 
-  def add(self, spec: TaskSpec, num_classes: int, seed: int = 0) -> TaskModel:
-    """Builds `spec`'s model on the shared backbone. The new model equals the base's output."""
+  def add(self, spec: TaskSpec, num_classes: int, seed: int = 0,
+          class_names=()) -> TaskModel:
+    """Builds `spec`'s model on the shared backbone. The new model equals the base's output.
+
+    Args:
+      class_names: optional, one per class in label order (exported with the model).
+    """
     if spec.name in self.tasks:
       raise ValueError(f"Task {spec.name!r} already exists.")
     if num_classes < 2:
       raise ValueError(f"Task {spec.name!r} needs at least 2 classes. Received: {num_classes}")
+    if class_names and len(class_names) != num_classes:
+      raise ValueError(f"Task {spec.name!r}: {len(class_names)} class names for {num_classes} "
+                       f"classes.")
     patched = patch_model(self.base, spec.name, spec.patch)
     frontend = self.backbone.frontend()
     head = keras.layers.Dense(
@@ -137,7 +146,8 @@ class TaskModels:
         kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
     model = assemble_task_model(self.backbone.input_spec, frontend, patched.model, head,
                                 name=f"k4p1_{spec.name}")
-    task = TaskModel(spec, num_classes, model, patched, head, frontend)
+    task = TaskModel(spec, num_classes, model, patched, head, frontend,
+                     tuple(str(c) for c in class_names))
     self.tasks[spec.name] = task
     self._kinds[spec.name] = self._read_variable_kinds(spec.name)
     return task

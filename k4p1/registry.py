@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import difflib
+import os
 from typing import Any, Callable, Iterator
 
 from k4p1.errors import ConfigError
@@ -84,3 +86,49 @@ class Registry:
 
   def __len__(self) -> int:
     return len(self._entries)
+
+
+def _dotted(node) -> str:
+  if isinstance(node, ast.Name):
+    return node.id
+  if isinstance(node, ast.Attribute):
+    return f"{_dotted(node.value)}.{node.attr}"
+  return ""
+
+
+def declared_names(package_dir: str, spellings: tuple[str, ...]) -> list[str]:
+  """Names registered by the modules under `package_dir`, read from source, not imported.
+
+  Counts calls `S("name", ...)` (decorators included) whose callee is spelled as one of
+  `spellings` (e.g. 'BACKBONES.register', 'register_backbone') with a literal first argument.
+  It lets a binary check a configured name before TensorFlow loads; a test keeps it equal to
+  the imported registry.
+  """
+  names = []
+  for folder, _, files in sorted(os.walk(package_dir)):
+    for file in sorted(files):
+      if not file.endswith(".py"):
+        continue
+      with open(os.path.join(folder, file), encoding="utf-8") as f:
+        tree = ast.parse(f.read(), file)
+      for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and _dotted(node.func) in spellings and node.args
+            and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+          names.append(node.args[0].value)
+  return names
+
+
+class DeclaredRegistry(Registry):
+  """The names of a registry as its package declares them, for checks before any import.
+
+  `lookup` fails exactly as the real registry's does (same message); it returns None.
+
+  Example:
+    DeclaredRegistry("backbone", "backbone.name", "k4p1/backbones",
+                     ("BACKBONES.register", "register_backbone")).lookup("mobilenet_v3")
+  """
+
+  def __init__(self, kind: str, field: str, package_dir: str, spellings: tuple[str, ...]):
+    super().__init__(kind, field)
+    for name in declared_names(package_dir, spellings):
+      self._entries.setdefault(name, None)

@@ -83,6 +83,53 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(config_lib.ConfigError, "must be a float"):
       module.get_config("full,lr=fast")
 
+  def test_transfer_data_argument_equals_the_long_form_overrides(self):
+    module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", "transfer.py"))
+    short = module.get_config("data=image_folder:/data/GTSRB-32px,patch=scale_bias+last_layer,"
+                              "backbone=dogs,size=64,epochs=3,lr=0.01")
+    # What a user had to write before: the flowers config and its overrides, one by one.
+    long = module.get_config("scale_bias,backbone=dogs")
+    with long.unlocked():
+      long.tasks.gtsrb_32px = long.tasks.flowers
+      del long.tasks["flowers"]
+    long.backbone.input_size = 64
+    task = long.tasks.gtsrb_32px
+    task.update(epochs=3.0, lr=0.01, patch="scale_bias,last_layer")
+    task.dataset.update(source="image_folder", name="", path="/data/GTSRB-32px", flip=False,
+                        eval_crop=1.0)
+    self.assertEqual(config_lib.validate(short), config_lib.validate(long))
+    self.assertEqual(config_lib.validate(short).tasks[0].name, "gtsrb_32px")  # named after data
+    spec = config_lib.validate(module.get_config("data=arrays:/d/signs.npz,name=Signs,flip=true"))
+    self.assertEqual((spec.tasks[0].name, spec.tasks[0].dataset.source,
+                      spec.tasks[0].dataset.flip), ("signs", "arrays", True))
+    flowers = config_lib.validate(module.get_config("")).tasks[0]
+    self.assertEqual((flowers.name, flowers.dataset.flip, flowers.dataset.eval_crop),
+                     ("flowers", True, 0.875))  # the paper's setup keeps its augmentation
+    with self.assertRaisesRegex(config_lib.ConfigError, "unknown data source 'imagefolder'.*Did "
+                                "you mean 'image_folder'"):
+      module.get_config("data=imagefolder:/x")
+    with self.assertRaisesRegex(config_lib.ConfigError, "needs a path"):
+      module.get_config("data=arrays")
+
+  def test_declared_names_equal_the_registries(self):
+    from k4p1 import patches
+    from k4p1.backbones import BACKBONES
+    from k4p1.data import DATA_SOURCES
+    from k4p1.train.optimizers import OPTIMIZERS
+    from k4p1.train.strategies import STRATEGIES
+    imported = {"backbone": BACKBONES, "data source": DATA_SOURCES,
+                "patch kind": patches.PATCH_KINDS, "strategy": STRATEGIES,
+                "optimizer": OPTIMIZERS}
+    self.assertEqual(set(imported), set(config_lib.DECLARED_REGISTRIES))
+    for kind, registry in imported.items():
+      self.assertEqual(sorted(config_lib.declared(kind).names()), sorted(registry.names()), kind)
+      self.assertEqual(config_lib.declared(kind).field, registry.field)
+    config = tiny_config()
+    config.tasks.patched.patch = "scale_bais"
+    with self.assertRaisesRegex(config_lib.ConfigError, "Unknown patch kind 'scale_bais' in "
+                                "tasks.patched.patch. Did you mean 'scale_bias'"):
+      config_lib.validate(config)  # no registry imported by config.py: read from the source
+
   def test_ssd_backbone_needs_weights(self):
     config = tiny_config()
     config.backbone.update(name="ssd_mobilenet_v2", weights="imagenet")

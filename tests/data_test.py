@@ -68,7 +68,8 @@ class SourcesTest(tf.test.TestCase):
     self.assertEqual((d.train.size, d.eval.size, d.num_classes), (15, 8, 10))
     image, label = next(iter(d.eval_batches(8)))
     self.assertEqual(image.shape, (8, 32, 32, 3))
-    self.assertAllEqual(label, np.arange(8))
+    self.assertAllEqual(np.sort(label), np.arange(8))  # every example, in a shuffled order
+    self.assertEqual(d.class_names, data.sources.FASHION_MNIST_CLASSES)
 
   def test_image_folder(self):
     _image_folder(self.dir)
@@ -109,6 +110,120 @@ class SourcesTest(tf.test.TestCase):
   def test_classes_out_of_range(self):
     with self.assertRaisesRegex(data.DataError, r"classes \[12\] are outside 0..9"):
       data.load_task_data(DatasetSpec(source="digits", classes=(1, 12)), 32)
+
+
+  def test_image_folder_numeric_class_order_and_shuffled_splits(self):
+    for split in ("train", "test"):
+      for k in range(12):
+        os.makedirs(os.path.join(self.dir, split, str(k)))
+        for j in range(2):
+          _write_png(os.path.join(self.dir, split, str(k), f"{j}.png"), 20 * k)
+    d = data.load_task_data(DatasetSpec(source="image_folder", path=self.dir), 16)
+    self.assertEqual(d.class_names, tuple(str(i) for i in range(12)))  # not 0, 1, 10, 11, 2
+    images, labels = next(iter(d.eval_batches(24)))
+    labels = labels.numpy()
+    # Folder `k` (pixel value 20 * k) is label k: numeric order end to end.
+    for image, label in zip(images.numpy(), labels):
+      self.assertAllClose(image.mean(), 20.0 * label, atol=0.5)
+    self.assertNotAllEqual(labels, np.sort(labels))  # shuffled (seed 0), not class by class
+    again = next(iter(data.load_task_data(
+        DatasetSpec(source="image_folder", path=self.dir), 16).eval_batches(24)))[1]
+    self.assertAllEqual(labels, again)  # the same order every time
+
+  def test_stratified_subset(self):
+    labels = np.repeat(np.arange(4), [100, 50, 10, 3])
+    keep = data.sources.stratified_subset(labels, 20, seed=0)
+    self.assertLen(set(keep.tolist()), 20)
+    counts = np.bincount(labels[keep], minlength=4)
+    # Round robin: the 3-example class is exhausted; the other 17 split as evenly as they can.
+    self.assertEqual(counts[3], 3)
+    self.assertAllEqual(sorted(counts[:3]), [5, 6, 6])
+    self.assertAllEqual(keep, data.sources.stratified_subset(labels, 20, seed=0))
+    self.assertAllEqual(np.sort(data.sources.stratified_subset(labels, -1)), np.arange(163))
+
+  def test_flip_only_when_asked(self):
+    image = np.zeros((1, 8, 8, 3), np.uint8)
+    image[:, :, :4] = 255  # left half white: a flip moves it to the right
+    path = os.path.join(self.dir, "a.npz")
+    np.savez(path, train_images=np.repeat(image, 16, 0), train_labels=np.arange(16) % 2,
+             test_images=image, test_labels=np.zeros(1, np.int64))
+    for flip, expect_flipped in ((False, False), (True, True)):
+      d = data.load_task_data(DatasetSpec(source="arrays", path=path, augment="none",
+                                          flip=flip), 8)
+      images = next(iter(d.train_batches(16, seed=0)))[0].numpy()
+      flipped = images[:, :, :4].mean(axis=(1, 2, 3)) < 128
+      self.assertEqual(bool(flipped.any()), expect_flipped)
+
+  def test_eval_crop_is_independent_of_augmentation(self):
+    image = np.zeros((1, 16, 16, 3), np.uint8)
+    image[:, 0, :] = 255  # a white top row: a central crop removes it
+    path = os.path.join(self.dir, "a.npz")
+    np.savez(path, train_images=np.repeat(image, 2, 0), train_labels=np.array([0, 1]),
+             test_images=image, test_labels=np.zeros(1, np.int64))
+    for augment in ("none", "inception_crop"):
+      for crop, top in ((1.0, 255.0), (0.875, 0.0)):
+        d = data.load_task_data(DatasetSpec(source="arrays", path=path, augment=augment,
+                                            eval_crop=crop), 16)
+        images = next(iter(d.eval_batches(1)))[0].numpy()
+        self.assertAllClose(images[0, 0].mean(), top, atol=1.0, msg=(augment, crop))
+
+
+class ArraySourceTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.dir, True)
+    rng = np.random.RandomState(0)
+    self.arrays = dict(
+        train_images=rng.randint(0, 256, (30, 12, 12, 3)).astype(np.uint8),
+        train_labels=np.arange(30) % 3,
+        test_images=rng.randint(0, 256, (9, 12, 12)).astype(np.uint8),  # grayscale, no channel
+        test_labels=np.arange(9) % 3)
+
+  def _write(self, **overrides):
+    path = os.path.join(self.dir, "d.npz")
+    np.savez(path, **{**self.arrays, **overrides})
+    return path
+
+  def test_round_trip_npz_and_npy_folder(self):
+    path = self._write(class_names=np.array(["cat", "dog", "emu"]))
+    folder = os.path.join(self.dir, "npy")
+    os.makedirs(folder)
+    for key, value in self.arrays.items():
+      np.save(os.path.join(folder, f"{key}.npy"), value)
+    for source_path, names in ((path, ("cat", "dog", "emu")), (folder, ("0", "1", "2"))):
+      d = data.load_task_data(DatasetSpec(source="arrays", path=source_path, augment="none"), 12)
+      self.assertEqual((d.num_classes, d.train.size, d.eval.size), (3, 30, 9))
+      self.assertEqual(d.class_names, names)
+      got = sorted((bytes(i.tobytes()), int(l)) for i, l in d.train.dataset.as_numpy_iterator())
+      want = sorted((bytes(i.tobytes()), int(l)) for i, l in zip(
+          self.arrays["train_images"], self.arrays["train_labels"]))
+      self.assertEqual(got, want)  # every pixel and label, shuffled only
+      images, _ = next(iter(d.eval_batches(9)))
+      self.assertEqual(images.shape, (9, 12, 12, 3))
+
+  def test_bad_inputs(self):
+    cases = [
+        (dict(train_labels=np.arange(29) % 3), "30 images but 29 labels"),
+        (dict(test_labels=np.array([0, 1, 2, 0, 1, 2, 0, 1, -1])), "negative labels"),
+        (dict(train_images=self.arrays["train_images"].astype(np.float32)),
+         "must be uint8.*float32.*astype"),
+        (dict(train_images=np.zeros((30, 12), np.uint8)), "received shape \\(30, 12\\)"),
+        (dict(train_labels=np.zeros(30, np.float32)), "1-D integer array"),
+        (dict(class_names=np.array(["a", "b"])), "names 2 classes but its labels go up to 2"),
+    ]
+    for overrides, message in cases:
+      with self.assertRaisesRegex(data.DataError, message):
+        data.load_task_data(DatasetSpec(source="arrays", path=self._write(**overrides)), 12)
+    with self.assertRaisesRegex(data.DataError, "no split 'valid'.*Found"):
+      data.load_task_data(DatasetSpec(source="arrays", path=self._write(), eval_split="valid"),
+                          12)
+    bad = os.path.join(self.dir, "x.npz")
+    with open(bad, "w") as f:
+      f.write("not numpy")
+    with self.assertRaisesRegex(data.DataError, "cannot read.*np.savez"):
+      data.load_task_data(DatasetSpec(source="arrays", path=bad), 12)
 
 
 class TfdsTest(tf.test.TestCase):

@@ -86,6 +86,14 @@ class TFLiteTest(tf.test.TestCase):
                      ["birds", "cars"])
     for task in ("cars", "birds"):
       self.assertAllClose(run_tflite(data, task, self.x), self.expected(task), atol=1e-4, rtol=0)
+    # Another image size: refused (a TFLite file has a fixed input), or resized as the
+    # SavedModel resizes when asked.
+    big = random_images(3, size=48)
+    with self.assertRaisesRegex(DeployError, "takes 32x32 images; received 48x48.*resize=True"):
+      run_tflite(data, "cars", big)
+    resized = tf.image.resize(big, (32, 32), method="bilinear")
+    want = tf.nn.softmax(self.models.tasks["cars"].model(resized, training=False)).numpy()
+    self.assertAllClose(run_tflite(data, "cars", big, resize=True), want, atol=1e-4, rtol=0)
 
   @pytest.mark.large  # a second quantization; float32 TFLite stays in the fast tier
   def test_int8_per_task_file(self):

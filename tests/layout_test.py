@@ -34,7 +34,8 @@ class LayoutTest(tf.test.TestCase):
     for name in ("config.py", "registry.py", "errors.py", "files.py"):
       imports = _k4p1_imports(os.path.join(REPO_ROOT, "k4p1", name))
       allowed = {"k4p1.errors", "k4p1.errors.ConfigError", "k4p1.registry",
-                 "k4p1.registry.did_you_mean", "k4p1.errors.K4P1Error"}
+                 "k4p1.registry.did_you_mean", "k4p1.registry.DeclaredRegistry",
+                 "k4p1.errors.K4P1Error"}
       self.assertEmpty(imports - allowed, f"k4p1/{name} imports {sorted(imports - allowed)}")
 
   def test_a_patch_kind_is_one_file(self):

@@ -10,6 +10,7 @@ import tempfile
 import time
 from unittest import mock
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -113,6 +114,59 @@ class BinaryTest(tf.test.TestCase):
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     self.assertIn("scale_bias", out.stdout)
     self.assertIn("trainable: 20,485", out.stdout)  # 14,080 S/B + 6,405 classifier (0.35 @32)
+
+  def _own_data_run(self, data, name):
+    transfer = os.path.join(REPO_ROOT, "configs", "transfer.py")
+    out = _run([f"--config={transfer}:backbone=mobilenet_v2,data={data},"
+                f"patch=scale_bias+last_layer,weights=none,size=32,steps=2,batch=8",
+                "--config.backbone.alpha=0.35", "--config.train.bn_recompute_batches=1",
+                f"--workdir={self.workdir}"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertRegex(out.stdout, rf"\n{name} +scale_bias\+last_layer")  # labelled by the data
+    for noise in ("oneDNN", "absl::InitializeLog", "I0000", "cpu_feature_guard"):
+      self.assertNotIn(noise, out.stderr)  # TensorFlow's start-up lines are hidden
+    self.assertIn("k4p1: Task", out.stderr)  # k4p1's own info lines are not
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      metrics = json.load(f)
+    (row,) = metrics["tasks"]
+    self.assertEqual(row["task"], name)
+    self.assertGreater(metrics["wall_seconds"], 0)
+    return row
+
+  def test_own_image_folder(self):
+    root = os.path.join(os.path.dirname(self.workdir), "signs")
+    rng = np.random.RandomState(0)
+    classes = ("0", "1", "2", "10")
+    for split, n in (("train", 6), ("test", 3)):
+      for c in classes:
+        os.makedirs(os.path.join(root, split, c))
+        for j in range(n):
+          image = rng.randint(0, 256, (32, 32, 3)).astype(np.uint8)
+          tf.io.write_file(os.path.join(root, split, c, f"{j}.png"), tf.io.encode_png(image))
+    row = self._own_data_run(f"image_folder:{root}", "signs")
+    self.assertEqual((row["num_classes"], row["train_examples"], row["eval_examples"]),
+                     (4, 24, 12))
+    self.assertEqual(list(row["per_class_accuracy"]), list(classes))  # numeric order, by name
+    self.assertEqual(row["eval_examples_per_class"], {c: 3 for c in classes})
+    per_class = list(row["per_class_accuracy"].values())
+    self.assertAllClose(row["balanced_accuracy"], np.mean(per_class))
+    with open(os.path.join(self.workdir, "saved_model", "assets.extra", "k4p1_tasks.json")) as f:
+      self.assertEqual(json.load(f)["signatures"]["signs"]["class_names"], list(classes))
+
+  @pytest.mark.large  # ~30 s: the same as test_own_image_folder from an .npz
+  def test_own_npz(self):
+    rng = np.random.RandomState(0)
+    path = os.path.join(os.path.dirname(self.workdir), "Traffic-Signs.npz")
+    np.savez(path, train_images=rng.randint(0, 256, (40, 20, 20, 3)).astype(np.uint8),
+             train_labels=np.arange(40) % 3, test_images=rng.randint(0, 256, (9, 20, 20, 3))
+             .astype(np.uint8), test_labels=np.array([0, 0, 0, 0, 0, 0, 1, 1, 2]),
+             class_names=np.array(["stop", "yield", "speed_30"]))
+    row = self._own_data_run(f"arrays:{path}", "traffic_signs")
+    self.assertEqual(list(row["per_class_accuracy"]), ["stop", "yield", "speed_30"])
+    self.assertEqual(row["eval_examples_per_class"], {"stop": 6, "yield": 2, "speed_30": 1})
+    per_class = np.array(list(row["per_class_accuracy"].values()))
+    self.assertAllClose(row["accuracy"], (per_class * [6, 2, 1]).sum() / 9)
+    self.assertAllClose(row["balanced_accuracy"], per_class.mean())
 
   @pytest.mark.large  # ~50 s: trains until a checkpoint, kills, trains again
   def test_resume_after_kill(self):

@@ -88,12 +88,17 @@ def format_results_table(rows: list[dict]) -> str:
   """One line per task: accuracy and parameter costs (the main job's comparison table)."""
   tw = max([24] + [len(r["task"]) + 2 for r in rows])
   pw = max([26] + [len(r["patch"]) + 2 for r in rows])
-  header = (f"{'task':<{tw}}{'patch':<{pw}}{'accuracy':>9}{'trainable':>12}{'task-spec.':>12}"
-            f"{'% base':>8}{'patch file':>12}")
+  header = (f"{'task':<{tw}}{'patch':<{pw}}{'accuracy':>9}{'balanced':>9}{'classes':>8}"
+            f"{'trainable':>12}{'task-spec.':>12}{'% base':>8}{'patch file':>12}")
   lines = [header, "-" * len(header)]
+
+  def percent(value):
+    return f"{100 * value:.2f}%" if value is not None else "-"
+
   for r in rows:
-    acc = f"{100 * r['accuracy']:.2f}%" if r.get("accuracy") is not None else "-"
     size = f"{r['patch_file_bytes']:,}" if r.get("patch_file_bytes") else "-"
-    lines.append(f"{r['task']:<{tw}}{r['patch']:<{pw}}{acc:>9}{r['trainable']:>12,}"
-                 f"{r['task_specific']:>12,}{100 * r['share_of_base']:>7.2f}%{size:>12}")
+    lines.append(f"{r['task']:<{tw}}{r['patch']:<{pw}}{percent(r.get('accuracy')):>9}"
+                 f"{percent(r.get('balanced_accuracy')):>9}{r.get('num_classes', '-'):>8}"
+                 f"{r['trainable']:>12,}{r['task_specific']:>12,}"
+                 f"{100 * r['share_of_base']:>7.2f}%{size:>12}")
   return "\n".join(lines)

@@ -34,6 +34,7 @@ class TaskData:
   image_size: int
   cache: bool = True
   shuffle_buffer: int = 2048
+  class_names: tuple = ()
 
   def train_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
     """Shuffled, augmented, repeated batches of `batch_size` (incomplete batches dropped)."""
@@ -42,7 +43,7 @@ class TaskData:
       ds = ds.cache()
     ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed,
                     reshuffle_each_iteration=True).repeat()
-    augment = self.spec.augment
+    augment, flip = self.spec.augment, self.spec.flip
     size = self.image_size
 
     def prepare(index, example):
@@ -50,7 +51,7 @@ class TaskData:
       # Stateless ops seeded by (seed, example index): the same run gives the same batches in
       # any process and under any strategy.
       op_seed = tf.stack([tf.cast(seed, tf.int64), index])
-      return preprocess_train(image, size, augment, op_seed), label
+      return preprocess_train(image, size, augment, flip, op_seed), label
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -58,16 +59,26 @@ class TaskData:
   def representative_batches(self, examples: int, batch_size: int = 16) -> tf.data.Dataset:
     """The first `examples` training images, un-augmented (resized as for eval): what int8
     quantization calibrates activation ranges on."""
-    central = self.spec.augment == "inception_crop"
-    size = self.image_size
-    ds = self.train.dataset.take(examples).map(lambda i, l: preprocess_eval(i, size, central),
+    crop, size = self.spec.eval_crop, self.image_size
+    ds = self.train.dataset.take(examples).map(lambda i, l: preprocess_eval(i, size, crop),
                                                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size)
 
+  def statistics_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled training images preprocessed as for evaluation (no augmentation), repeated:
+    what BN statistics are recomputed on, so they match the images the model is evaluated on."""
+    crop, size = self.spec.eval_crop, self.image_size
+    ds = self.train.dataset
+    if self.cache:
+      ds = ds.cache()
+    ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed).repeat()
+    ds = ds.map(lambda i, l: (preprocess_eval(i, size, crop), l),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
   def eval_batches(self, batch_size: int) -> tf.data.Dataset:
-    central = self.spec.augment == "inception_crop"
-    size = self.image_size
-    ds = self.eval.dataset.map(lambda i, l: (preprocess_eval(i, size, central), l),
+    crop, size = self.spec.eval_crop, self.image_size
+    ds = self.eval.dataset.map(lambda i, l: (preprocess_eval(i, size, crop), l),
                                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
@@ -85,8 +96,9 @@ def _to_rgb_float(image):
   return tf.cast(image, tf.float32)
 
 
-def preprocess_train(image, size: int, augment: str, seed):
-  """Random resized crop (Inception style, area 8%-100%) + flip, or flip only, or resize only.
+def preprocess_train(image, size: int, augment: str, flip: bool, seed):
+  """Random resized crop (`inception_crop`: Inception style, area 8%-100%) or a plain resize
+  (`none`), then a random horizontal flip if `flip`.
 
   Args:
     seed: int64 shape-[2] seed of the stateless random ops (deterministic augmentation).
@@ -100,15 +112,16 @@ def preprocess_train(image, size: int, augment: str, seed):
         max_attempts=10, use_image_if_no_bounding_boxes=True)
     image = tf.slice(image, begin, crop_size)
   image = tf.image.resize(image, (size, size), method="bilinear")
-  if augment in ("inception_crop", "flip"):
+  if flip:
     image = tf.image.stateless_random_flip_left_right(image, seeds[1])
   return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def preprocess_eval(image, size: int, central_crop: bool):
-  """Central 87.5% crop (for natural images) and bilinear resize."""
+def preprocess_eval(image, size: int, crop: float = 1.0):
+  """Central crop keeping `crop` of each side (0.875: Inception's eval crop; 1: none), then a
+  bilinear resize."""
   image = _to_rgb_float(image)
-  if central_crop:
-    image = tf.image.central_crop(image, 0.875)
+  if crop < 1.0:
+    image = tf.image.central_crop(image, crop)
   image = tf.image.resize(image, (size, size), method="bilinear")
   return tf.clip_by_value(image, 0.0, 255.0)

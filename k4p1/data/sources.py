@@ -1,12 +1,16 @@
 """Data sources: where a task's labelled images come from, registered by name.
 
   tfds             tensorflow-datasets by name; offline it fails at once unless data is prepared.
-  image_folder     ROOT/<split>/<label>/*.jpg|png (ImageFolder layout).
+  image_folder     ROOT/<split>/<label>/*.jpg|png (ImageFolder layout; class folders named
+                   0, 1, ..., 10 sort as numbers).
+  arrays           an .npz with <split>_images (uint8) and <split>_labels, optional class_names.
   cifar10_tarball  the CIFAR-10 JPEG tarball (extracted once into $K4P1_CACHE_DIR).
   fashion_mnist    the four Fashion-MNIST IDX .gz files in a folder.
   digits           scikit-learn's bundled 8x8 digits (ships with the install; 75/25 split, seed 0).
 
 Local paths default to files under `$K4P1_DATA_DIR` (e.g. ../shared/data) when `path` is empty.
+Local sources shuffle each split once (seed 0); `train_examples` / `eval_examples` subsets are
+class-stratified (tfds subsets are the split's first N examples).
 A new source is a `DataSource` registered in DATA_SOURCES.
 
 Example:
@@ -50,6 +54,33 @@ def _default_path(spec: DatasetSpec, relative: str, what: str) -> str:
   return path
 
 
+def class_order(names) -> list[str]:
+  """Class folder names in label order: numerically when every name is a number (0, 1, 2, ...,
+  10), else as text."""
+  names = list(names)
+  if names and all(n.isdigit() for n in names):
+    return sorted(names, key=int)
+  return sorted(names)
+
+
+def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+  """Indices of `limit` examples with every class as equally represented as it can be.
+
+  Classes are taken round-robin (each in a seeded random order) until `limit` are chosen; the
+  result is in a seeded random order. limit <= 0 or >= len(labels): every index, shuffled.
+  """
+  rng = np.random.RandomState(seed)
+  labels = np.asarray(labels)
+  if limit <= 0 or limit >= len(labels):
+    return rng.permutation(len(labels))
+  per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+  rank = np.empty(len(labels), np.int64)  # position of each example within its class
+  for idx in per_class:
+    rank[idx] = np.arange(len(idx))
+  order = np.lexsort((rng.permutation(len(labels)), rank))  # all classes' 1st, then 2nd, ...
+  return rng.permutation(order[:limit])
+
+
 def _class_filter(labels: np.ndarray, classes: tuple[int, ...]):
   """Returns (mask, new_labels) keeping `classes`, relabelled to 0..k-1 in the given order."""
   if not classes:
@@ -62,8 +93,8 @@ def _class_filter(labels: np.ndarray, classes: tuple[int, ...]):
 def _from_arrays(images, labels, spec: DatasetSpec, limit: int) -> Split:
   mask, labels = _class_filter(np.asarray(labels), spec.classes)
   images = np.asarray(images)[mask]
-  if limit > 0:
-    images, labels = images[:limit], labels[:limit]
+  keep = stratified_subset(labels, limit)
+  images, labels = images[keep], labels[keep]
   return Split(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels))
 
 
@@ -74,7 +105,8 @@ def _digits(spec: DatasetSpec):
   order = np.random.RandomState(0).permutation(len(images))
   cut = int(0.75 * len(images))
   tr, te = order[:cut], order[cut:]
-  return ((images[tr], digits.target[tr]), (images[te], digits.target[te]), 10)
+  return ((images[tr], digits.target[tr]), (images[te], digits.target[te]),
+          [str(i) for i in range(10)])
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -99,7 +131,72 @@ def _fashion_mnist(spec: DatasetSpec):
     labels = _read_idx(os.path.join(root, f"{prefix[name]}-labels-idx1-ubyte.gz"))
     return images[..., None], labels
 
-  return split(spec.train_split), split(spec.eval_split), 10
+  return split(spec.train_split), split(spec.eval_split), list(FASHION_MNIST_CLASSES)
+
+
+FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                         "sneaker", "bag", "ankle_boot")
+ARRAY_KEYS = "{split}_images, {split}_labels"
+
+
+def _array_file(spec: DatasetSpec):
+  """An .npz with `<split>_images` (uint8 [n, h, w] or [n, h, w, 1|3]) and `<split>_labels`
+  (integers 0..k-1) per split, plus optional `class_names`; or a folder of
+  `<split>_images.npy` / `<split>_labels.npy` (+ optional `class_names.txt`, one per line)."""
+  path = _default_path(spec, "", "arrays")
+  if os.path.isdir(path):
+    def get(key):
+      file = os.path.join(path, f"{key}.npy")
+      return np.load(file, allow_pickle=False) if os.path.exists(file) else None
+    names_file = os.path.join(path, "class_names.txt")
+    names = None
+    if os.path.exists(names_file):
+      with open(names_file) as f:
+        names = [line.strip() for line in f if line.strip()]
+    available = sorted(f[:-4] for f in os.listdir(path) if f.endswith(".npy"))
+  else:
+    try:
+      archive = np.load(path, allow_pickle=False)
+    except Exception as e:
+      raise DataError(f"arrays: cannot read {path!r} as an .npz file ({e}). Write it with "
+                      f"np.savez(path, train_images=..., train_labels=..., test_images=..., "
+                      f"test_labels=..., class_names=[...]).") from e
+    available = sorted(archive.files)
+    get = lambda key: archive[key] if key in archive.files else None  # noqa: E731
+    names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
+
+  def split(name):
+    images, labels = get(f"{name}_images"), get(f"{name}_labels")
+    if images is None or labels is None:
+      raise DataError(f"arrays: {path!r} has no split {name!r}: expected {name}_images and "
+                      f"{name}_labels. Found: {available}.")
+    where = f"arrays: {path!r} split {name!r}"
+    if images.dtype != np.uint8:
+      raise DataError(f"{where}: images must be uint8 pixels 0..255; received {images.dtype}. "
+                      f"Convert floats in [0, 1] with (x * 255).round().astype(np.uint8).")
+    if images.ndim == 3:
+      images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise DataError(f"{where}: images must be [n, height, width] or [n, height, width, 1|3]; "
+                      f"received shape {images.shape}.")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise DataError(f"{where}: labels must be a 1-D integer array; received {labels.dtype} "
+                      f"with shape {labels.shape}.")
+    if len(labels) != len(images):
+      raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
+    return images, labels
+
+  train, test = split(spec.train_split), split(spec.eval_split)
+  k = int(max(train[1].max(initial=0), test[1].max(initial=0))) + 1
+  if names is not None and len(names) < k:
+    raise DataError(f"arrays: {path!r} names {len(names)} classes but its labels go up to "
+                    f"{k - 1}.")
+  names = names or [str(i) for i in range(k)]
+  for split_name, (_, labels) in ((spec.train_split, train), (spec.eval_split, test)):
+    if labels.size and labels.min() < 0:
+      raise DataError(f"arrays: {path!r} split {split_name!r} has negative labels "
+                      f"(min {labels.min()}); labels must be 0..{len(names) - 1}.")
+  return train, test, names
 
 
 def _list_image_folder(root: str, split: str):
@@ -107,7 +204,8 @@ def _list_image_folder(root: str, split: str):
   if not os.path.isdir(split_dir):
     raise DataError(f"Image folder {root!r} has no split folder {split!r} "
                     f"(expected {root}/{split}/<label>/*.jpg). Found: {sorted(os.listdir(root))}")
-  classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+  classes = class_order(d for d in os.listdir(split_dir)
+                        if os.path.isdir(os.path.join(split_dir, d)))
   files, labels = [], []
   for i, c in enumerate(classes):
     for f in sorted(os.listdir(os.path.join(split_dir, c))):
@@ -126,10 +224,10 @@ def _image_folder_split(root, split, spec, limit, classes_expected=None) -> tupl
                     f"{classes_expected}.")
   mask, labels = _class_filter(labels, spec.classes)
   files = files[mask]
-  if limit > 0:
-    # A fixed, class-balanced-in-expectation subset: shuffle with seed 0, then take.
-    order = np.random.RandomState(0).permutation(len(files))[:limit]
-    files, labels = files[order], labels[order]
+  # Listed class by class: shuffle (seed 0) so that a shuffle buffer, a calibration set or a
+  # subset never sees one class at a time; a subset is class-stratified.
+  order = stratified_subset(labels, limit)
+  files, labels = files[order], labels[order]
 
   def decode(path, label):
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -185,8 +283,8 @@ def _tfds(spec: DatasetSpec, data_dir: str, download: bool):
   train, info = load(spec.train_split)
   test, _ = load(spec.eval_split)
   label = info.features["label"] if "label" in info.features else None
-  num_classes = label.num_classes if label is not None else None
-  return train, test, info, num_classes
+  names = list(label.names) if label is not None else None
+  return train, test, info, names
 
 
 def _tfds_split(ds, split_name, info, spec: DatasetSpec, limit: int) -> Split:
@@ -218,8 +316,8 @@ class DataSource:
   """A registered source of labelled images.
 
   Attributes:
-    read: (spec, data_dir, download) -> (train Split, eval Split, class count before
-      `spec.classes` filtering).
+    read: (spec, data_dir, download) -> (train Split, eval Split, class names before
+      `spec.classes` filtering, in label order).
     num_classes: (spec, data_dir) -> class count, without reading examples (--mode=params).
     description: one line for docs and errors.
   """
@@ -233,9 +331,9 @@ DATA_SOURCES = Registry("data source", field="tasks.<task>.dataset.source")
 
 def _arrays_source(loader):
   def read(spec, data_dir, download):
-    (xtr, ytr), (xte, yte), n = loader(spec)
+    (xtr, ytr), (xte, yte), names = loader(spec)
     return (_from_arrays(xtr, ytr, spec, spec.train_examples),
-            _from_arrays(xte, yte, spec, spec.eval_examples), n)
+            _from_arrays(xte, yte, spec, spec.eval_examples), names)
   return read
 
 
@@ -244,7 +342,7 @@ def _folder_source(root_of):
     root = root_of(spec)
     train, classes = _image_folder_split(root, spec.train_split, spec, spec.train_examples)
     test, _ = _image_folder_split(root, spec.eval_split, spec, spec.eval_examples, classes)
-    return train, test, len(classes)
+    return train, test, classes
   return read
 
 
@@ -288,6 +386,9 @@ DATA_SOURCES.register("cifar10_tarball", DataSource(
     _folder_source(_cifar10_root), _ten, "the CIFAR-10 JPEG tarball"))
 DATA_SOURCES.register("fashion_mnist", DataSource(
     _arrays_source(_fashion_mnist), _ten, "the four Fashion-MNIST IDX .gz files"))
+DATA_SOURCES.register("arrays", DataSource(
+    _arrays_source(_array_file), lambda spec, data_dir: len(_array_file(spec)[2]),
+    "an .npz (or folder of .npy) with <split>_images, <split>_labels, optional class_names"))
 DATA_SOURCES.register("digits", DataSource(
     _arrays_source(_digits), _ten, "scikit-learn's bundled 8x8 digits (ships with the install)"))
 
@@ -308,13 +409,15 @@ def load_task_data(spec: DatasetSpec, image_size: int, data_dir: str = "",
     ConfigError: an unknown source.
     DataError: the data is missing or malformed; the message says how to provide it.
   """
-  train, test, n = DATA_SOURCES.lookup(spec.source).read(spec, data_dir, download)
+  train, test, names = DATA_SOURCES.lookup(spec.source).read(spec, data_dir, download)
+  names = [str(n) for n in names]
   if spec.classes:
-    bad = [c for c in spec.classes if not 0 <= c < n]
+    bad = [c for c in spec.classes if not 0 <= c < len(names)]
     if bad:
-      raise DataError(f"dataset.classes {bad} are outside 0..{n - 1}.")
-    n = len(spec.classes)
+      raise DataError(f"dataset.classes {bad} are outside 0..{len(names) - 1}.")
+    names = [names[c] for c in spec.classes]
   if train.size == 0:
     raise DataError(f"The training split of {spec.source}:{spec.name or spec.path} is empty "
                     f"after filtering (classes={spec.classes}).")
-  return TaskData(spec, train, test, n, image_size, cache, shuffle_buffer)
+  return TaskData(spec, train, test, len(names), image_size, cache, shuffle_buffer,
+                  class_names=tuple(names))

@@ -62,6 +62,7 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
       "format": PATCH_FORMAT,
       "task": task,
       "num_classes": t.num_classes,
+      "class_names": list(t.class_names),
       "patch": patches.record(t.spec.patch),
       "base": models.identity(),
       # Where the task's data came from: int8 conversion calibrates on its training split.
@@ -164,7 +165,7 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
   dataset = (DatasetSpec(**{**recorded, "classes": tuple(recorded["classes"])}) if recorded
              else DatasetSpec(source="none"))
   spec = TaskSpec(name=name, dataset=dataset, patch=patch)
-  models.add(spec, meta["num_classes"])
+  models.add(spec, meta["num_classes"], class_names=meta.get("class_names") or ())
   try:
     load_patch(models, name, path, check_base_weights)
   except BaseException:

@@ -51,6 +51,7 @@ def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> 
   """What a client needs to call the export: signatures, class counts, mixed-task ids."""
   return {
       "signatures": {t: {"num_classes": models.tasks[t].num_classes,
+                         "class_names": list(models.tasks[t].class_names),
                          "patch": patch_names(models.tasks[t].spec.patch)} for t in tasks},
       "serving_default": tasks[0],
       "mixed": ({"signature": MIXED_SIGNATURE, "task_ids": {t: i for i, t in

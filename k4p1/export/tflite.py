@@ -105,11 +105,30 @@ def interpreter(content: bytes):
   return Interpreter(model_content=content)
 
 
-def run_tflite(content: bytes, task: str, images: np.ndarray) -> np.ndarray:
-  """Probabilities of `task`'s signature for float32 [n, size, size, 3] images in [0, 255]."""
+def run_tflite(content: bytes, task: str, images: np.ndarray, resize: bool = False) -> np.ndarray:
+  """Probabilities of `task`'s signature for [n, size, size, 3] images in [0, 255].
+
+  A TFLite file takes images at its model's size only (unlike the SavedModel, which resizes
+  inside): other sizes are refused, or, with `resize`, resized bilinearly first as the
+  SavedModel does.
+
+  Raises:
+    DeployError: the images' size is not the model's and `resize` is False.
+  """
   runner = interpreter(content).get_signature_runner(task)
   details = runner.get_input_details()["images"]
   x = np.asarray(images, np.float32)
+  size = tuple(int(d) for d in details["shape"][1:3])
+  if x.ndim != 4 or x.shape[-1] != details["shape"][-1]:
+    raise DeployError(f"TFLite task {task!r} takes images [n, {size[0]}, {size[1]}, "
+                      f"{details['shape'][-1]}]; received shape {x.shape}.")
+  if x.shape[1:3] != size:
+    if not resize:
+      raise DeployError(
+          f"TFLite task {task!r} takes {size[0]}x{size[1]} images; received "
+          f"{x.shape[1]}x{x.shape[2]}. A TFLite file has a fixed input size: resize the images "
+          f"first (run_tflite(..., resize=True) resizes bilinearly, as the SavedModel does).")
+    x = tf.image.resize(x, size, method="bilinear").numpy()
   if details["dtype"] == np.uint8:
     scale, zero = details["quantization"]
     x = np.clip(np.round(x / scale + zero), 0, 255).astype(np.uint8)

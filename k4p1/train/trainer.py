@@ -30,6 +30,7 @@ import time
 from typing import Callable, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -117,9 +118,10 @@ class Trainer:
           self.data[task.name] = data_lib.load_task_data(
               task.dataset, size, d.data_dir, d.download, d.cache, d.shuffle_buffer)
           n = self.data[task.name].num_classes
+          names = self.data[task.name].class_names
         else:
-          n = data_lib.num_classes_of(task.dataset, d.data_dir)
-        self.models.add(task, n, seed=spec.train.seed + i)
+          n, names = data_lib.num_classes_of(task.dataset, d.data_dir), ()
+        self.models.add(task, n, seed=spec.train.seed + i, class_names=names)
       self.phases = phases(self) if phases else [
           Phase(t.name, t.name, self.total_steps(t.name) if with_data else 0)
           for t in spec.tasks]
@@ -271,7 +273,8 @@ class Trainer:
     n = self.spec.train.bn_recompute_batches
     layers = self.models.batch_statistics_layers(name)
     if n > 0 and layers:
-      ds = self.data[name].train_batches(self.spec.train.batch_size, seed=seed)
+      # Un-augmented images, preprocessed as for evaluation: the statistics the model will meet.
+      ds = self.data[name].statistics_batches(self.spec.train.batch_size, seed=seed)
       used = recompute_batch_statistics(self.models.tasks[name].model, layers, ds.take(n))
       logging.info("Task %s: recomputed statistics of %d BN layers over %d batches.",
                    name, len(layers), used)
@@ -279,34 +282,52 @@ class Trainer:
   def _checkpoint_number(self) -> int:
     return int(sum(int(v.numpy()) for v in self.steps.values()))
 
+  def phase_done(self, phase: Phase) -> bool:
+    return int(self.steps[phase.name].numpy()) >= phase.steps
+
   def phase_steps(self, task: str) -> int:
     """Steps done by the task's phases."""
     return int(sum(int(self.steps[p.name].numpy()) for p in self.phases if p.task == task))
 
   def evaluate(self, name: str) -> dict:
-    """Accuracy and mean loss of task `name` on its eval split (inference mode)."""
-    model = self.models.tasks[name].model
-    totals = [tf.Variable(0.0, dtype=tf.float64) for _ in range(3)]
+    """Accuracy, balanced accuracy, per-class accuracy and mean loss of task `name` on its eval
+    split (inference mode); per-class figures are keyed by class name."""
+    task = self.models.tasks[name]
+    model, n = task.model, task.num_classes
+    loss_total = tf.Variable(0.0, dtype=tf.float64)
+    per_class = [tf.Variable(tf.zeros([n], tf.float64)) for _ in range(2)]  # correct, seen
 
     @tf.function(input_signature=[self.backbone.input_spec.tensor_spec(),
                                   tf.TensorSpec([None], tf.int32)])
     def eval_step(images, labels):
       logits = model(images, training=False)
       loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-      correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32))
-      for total, value in zip(totals, (tf.reduce_sum(loss), tf.reduce_sum(
-          tf.cast(correct, tf.float32)), tf.cast(tf.shape(labels)[0], tf.float32))):
-        total.assign_add(tf.cast(value, tf.float64))
+      labels = tf.cast(labels, tf.int32)
+      correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float64)
+      loss_total.assign_add(tf.cast(tf.reduce_sum(loss), tf.float64))
+      per_class[0].assign_add(tf.math.unsorted_segment_sum(correct, labels, n))
+      per_class[1].assign_add(tf.math.unsorted_segment_sum(tf.ones_like(correct), labels, n))
 
     for images, labels in self.data[name].eval_batches(self.spec.train.eval_batch_size):
       eval_step(images, labels)
-    loss_sum, correct, seen = (float(t.numpy()) for t in totals)
-    if seen == 0:
+    correct, seen = (v.numpy() for v in per_class)
+    if seen.sum() == 0:
       raise data_lib.DataError(f"Task {name}: the eval split is empty.")
-    result = {"accuracy": correct / seen, "eval_loss": loss_sum / seen, "eval_examples": int(seen)}
+    names = list(self.data[name].class_names) or [str(i) for i in range(n)]
+    present = seen > 0  # balanced accuracy averages the classes the eval split has
+    result = {"accuracy": float(correct.sum() / seen.sum()),
+              "balanced_accuracy": float(np.mean(correct[present] / seen[present])),
+              "eval_loss": float(loss_total.numpy() / seen.sum()),
+              "eval_examples": int(seen.sum()),
+              "train_examples": self.data[name].train.size,
+              "num_classes": n,
+              "per_class_accuracy": {c: (float(k / m) if m else None)
+                                     for c, k, m in zip(names, correct, seen)},
+              "eval_examples_per_class": {c: int(m) for c, m in zip(names, seen)}}
     if self.is_chief:
       writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name))
       with writer.as_default(step=self.phase_steps(name)):
         tf.summary.scalar("eval/accuracy", result["accuracy"])
+        tf.summary.scalar("eval/balanced_accuracy", result["balanced_accuracy"])
         tf.summary.scalar("eval/loss", result["eval_loss"])
     return result
