@@ -120,11 +120,19 @@ def parse_flags(argv):
 
 
 class _K4P1Lines(std_logging.Filter):
-  """Lets through k4p1's own records at any level and everyone's warnings and errors."""
+  """Lets through k4p1's own records (info and up) and other libraries' errors only."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or \
+    return record.levelno >= std_logging.ERROR or \
         os.path.abspath(record.pathname).startswith(_K4P1_DIR)
+
+
+class _Format(std_logging.Formatter):
+  """`k4p1: message` for info, `k4p1 warning: message` above it."""
+
+  def format(self, record):
+    level = "" if record.levelno <= std_logging.INFO else f" {record.levelname.lower()}"
+    return f"k4p1{level}: {record.getMessage()}"
 
 
 def tensorflow_verbose() -> bool:
@@ -141,7 +149,7 @@ def setup_logging():
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.set_verbosity(logging.INFO)
     handler = logging.get_absl_handler()
-    handler.setFormatter(std_logging.Formatter("k4p1: %(message)s"))
+    handler.setFormatter(_Format())
     handler.addFilter(_K4P1Lines())
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
 

@@ -90,12 +90,21 @@ class BinaryTest(tf.test.TestCase):
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     self.assertIn("digits_5_9_scale_bias", out.stdout)
     self.assertIn("accuracy", out.stdout)
+    self.assertIn("signatures serving_default (= digits_0_4), digits_0_4, digits_5_9_scale_bias, "
+                  "mixed (digits_0_4, digits_5_9_scale_bias)", out.stdout)
     self.assertEqual(_signatures(os.path.join(self.workdir, "saved_model")) - {
         "__saved_model_init_op"}, {"digits_0_4", "digits_5_9_scale_bias", "mixed",
                                   "serving_default"})
     with open(os.path.join(self.workdir, "metrics.json")) as f:
       metrics = json.load(f)
     self.assertEqual([r["steps_done"] for r in metrics["tasks"]], [3, 3, 3])
+
+    # Again on the finished workdir: says so at once, retrains nothing, restores cleanly.
+    out = _run([f"--config={DIGITS}:smoke", f"--workdir={self.workdir}", "--verbosity=1"])
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    self.assertIn("is already trained (3 phases complete)", out.stdout)
+    self.assertNotIn("unrestored", out.stderr)
+    self.assertNotIn("train digits_0_4 [", out.stderr)  # no progress bar: nothing trained
 
     out = _run([f"--config={DIGITS}:smoke", f"--workdir={self.workdir}", "--mode=eval"])
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])

@@ -275,10 +275,10 @@ def _tfds(spec: DatasetSpec, data_dir: str, download: bool):
       where = data_dir or "~/tensorflow_datasets"
       raise DataError(
           f"tfds dataset {spec.name!r} (split {split!r}) is not prepared under {where} "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On a machine with internet, "
-          f"run with --config.data.download=True (or `tfds build {spec.name}`), then copy the "
-          f"data_dir here; or use a local source (image_folder, cifar10_tarball, fashion_mnist, "
-          f"digits).") from e
+          f"({type(e).__name__}: {str(e).strip().splitlines()[0]}). On a machine with "
+          f"internet, run with --config.data.download=True (or `tfds build {spec.name}`), then "
+          f"copy the data_dir here; or use a local source (image_folder, arrays, "
+          f"cifar10_tarball, fashion_mnist, digits).") from e
 
   train, info = load(spec.train_split)
   test, _ = load(spec.eval_split)

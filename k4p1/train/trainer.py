@@ -178,7 +178,9 @@ class Trainer:
             f"No checkpoint in {os.path.join(self.workdir, 'checkpoints')}: run --mode=train "
             f"with this --workdir first.")
       return False
-    status = self.checkpoint.read(latest)
+    # restore (not read): the manager's save() also wrote save_counter, which read() would
+    # leave unmatched (and TensorFlow would warn about it at exit).
+    status = self.checkpoint.restore(latest)
     status.assert_existing_objects_matched()
     logging.info("Restored %s", latest)
     return True
