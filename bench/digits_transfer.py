@@ -4,7 +4,7 @@ Pretrain MobileNetV2 0.35 @32 on digits 0-4, then learn digits 5-9 with the last
 with a scale-and-bias patch + last layer. Writes accuracy per task and seed, and mean / min / max.
 
 Run (about 3 minutes per seed on 2 cores):
-  python bench/digits_transfer.py --seeds=0,1,2 --out=bench/results/digits_transfer.json
+  python bench/digits_transfer.py --seeds=0,1,2,3,4 --out=bench/results/digits_transfer.json
 Smoke: python bench/digits_transfer.py --smoke --out=/tmp/digits.json
 """
 
@@ -17,7 +17,7 @@ import common  # noqa: E402,F401  (puts the repository on the import path)
 from absl import app, flags  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "bench/results/digits_transfer.json", "Result JSON path.")
-_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+_SEEDS = flags.DEFINE_string("seeds", "0,1,2,3,4", "Comma-separated seeds.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "3 steps per task, one seed: pipeline check only.")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +46,8 @@ def main(argv):
     finally:
       shutil.rmtree(workdir, ignore_errors=True)
     runs.append({"seed": seed, "tasks": {r["task"]: {
-        "accuracy": r["accuracy"], "eval_examples": r["eval_examples"],
+        "accuracy": r["accuracy"], "balanced_accuracy": r["balanced_accuracy"],
+        "eval_examples": r["eval_examples"],
         "trainable": r["trainable"], "task_specific": r["task_specific"],
         "patch_file_bytes": r.get("patch_file_bytes"),
         "train_seconds": r.get("train_seconds")} for r in result["tasks"]}})

@@ -7,10 +7,13 @@ Writes the results after every cell and skips cells already in --out, so an inte
 resumes where it stopped. Then draws accuracy against learning rate per regime (one panel per
 backbone x dataset) and writes a markdown table of the best rate per regime.
 
-Full sweep (2 backbones x 2 datasets x 5 rates; about an hour on 2 cores):
+Full sweep (2 backbones x 2 datasets x each backbone's rate grid; about an hour on 2 cores):
   K4P1_DATA_DIR=../shared/data python bench/transfer_table.py \
       --out=bench/results/transfer_table.json --plot=docs/transfer_lr_sweep.png \
       --table=docs/transfer_table.md
+Your own data, two regimes, statistics recomputed first:
+  python bench/transfer_table.py --backbones=dogs --data=image_folder:/data/signs \
+      --regimes=last_layer,scale_bias_last_layer --statistics=recompute --out=/tmp/signs.json
 Smoke (CI; 2 steps per regime, one cell per backbone, needs the shared data):
   K4P1_DATA_DIR=../shared/data python bench/transfer_table.py --smoke --out=/tmp/t.json \
       --plot=/tmp/t.png --table=/tmp/t.md
@@ -33,12 +36,22 @@ _PLOT = flags.DEFINE_string("plot", "docs/transfer_lr_sweep.png", "Plot path (''
 _TABLE = flags.DEFINE_string("table", "docs/transfer_table.md", "Markdown table path ('' = none).")
 _BACKBONES = flags.DEFINE_list("backbones", ["ssd", "dogs"], "Backbones (configs/transfer_table.py).")
 _DATASETS = flags.DEFINE_list("datasets", ["cifar10", "fashion_mnist"], "Target datasets.")
-_LRS = flags.DEFINE_list("lrs", ["0.0045", "0.015", "0.045", "0.15", "0.45"],
-                         "Learning rates (the paper's sweep: 0.0045 to 0.45, factors of ~3).")
+_LRS = flags.DEFINE_list("lrs", [], "Learning rates (default: each backbone's grid, "
+                         "configs/transfer_table.py LR_GRIDS, which brackets its optimum; the "
+                         "paper's sweep is 0.0045 to 0.45 in factors of ~3).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per regime, one rate: pipeline check only.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
-_FROZEN = flags.DEFINE_bool("frozen", False, "Scale-and-bias patches keep the backbone's BN "
-                            "statistics (configs/transfer_table.py option `frozen`).")
+_FROZEN = flags.DEFINE_bool("frozen", False, "Same as --statistics=frozen.")
+_STATISTICS = flags.DEFINE_enum("statistics", "batch", ["batch", "frozen", "recompute"],
+                                "Where scale-and-bias patches' BN statistics come from: the "
+                                "target's batch statistics, the backbone's, or the target's "
+                                "recomputed before training.")
+_REGIMES = flags.DEFINE_list("regimes", [], "A subset of the regimes (default: all seven).")
+_DATA = flags.DEFINE_string("data", "", "SOURCE:PATH of your own data (e.g. "
+                            "image_folder:/data/signs), instead of --datasets.")
+_SIZE = flags.DEFINE_integer("size", 0, "Input size (0: the config's 64).")
+_TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 0, "Training images (0: the config's).")
+_EPOCHS = flags.DEFINE_float("epochs", 0.0, "Epochs (0: the config's).")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "transfer_table.py")
@@ -51,10 +64,26 @@ def _load(path):
   return None
 
 
-def run_cell(backbone, dataset, lr, smoke, workdir, frozen=False):
+def cell_options() -> str:
+  """The options after BACKBONE,DATASET,LR that the flags select (configs/transfer_table.py)."""
+  statistics = "frozen" if _FROZEN.value else _STATISTICS.value
+  options = [f"statistics={statistics}"]
+  if _REGIMES.value:
+    options.append("regimes=" + "+".join(_REGIMES.value))
+  if _DATA.value:
+    options.append(f"data={_DATA.value}")
+  for key, flag in (("size", _SIZE), ("train_examples", _TRAIN_EXAMPLES), ("epochs", _EPOCHS)):
+    if flag.value:
+      options.append(f"{key}={flag.value:g}" if isinstance(flag.value, float) else
+                     f"{key}={flag.value}")
+  return ",".join(options)
+
+
+def run_cell(backbone, dataset, lr, smoke, workdir, options=""):
   """Runs train.py on one cell; returns its per-regime rows (raises with the binary's stderr)."""
-  arg = f"{backbone},{dataset},{lr}" + (",frozen" if frozen else "") + (",smoke" if smoke else "")
-  cell_dir = os.path.join(workdir, arg.replace(",", "_"))
+  arg = f"{backbone},{dataset},{lr}" + (f",{options}" if options else "") + \
+      (",smoke" if smoke else "")
+  cell_dir = os.path.join(workdir, f"{backbone}_{dataset}_{lr}".replace("-", "data"))
   cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={CONFIG}:{arg}",
          f"--workdir={cell_dir}", "--config.train.progress=false"]
   start = time.time()
@@ -66,7 +95,8 @@ def run_cell(backbone, dataset, lr, smoke, workdir, frozen=False):
     metrics = json.load(f)
   shutil.rmtree(cell_dir, ignore_errors=True)  # checkpoints of a full copy are ~40 MB per cell
   rows = [{"backbone": backbone, "dataset": dataset, "lr": float(lr), "regime": t["task"],
-           "accuracy": t["accuracy"], "eval_examples": t["eval_examples"],
+           "accuracy": t["accuracy"], "balanced_accuracy": t.get("balanced_accuracy"),
+           "eval_examples": t["eval_examples"],
            "train_examples": t.get("train_examples"), "steps": t["steps_done"],
            "trainable": t["trainable"], "task_specific": t["task_specific"],
            "train_seconds": t.get("train_seconds")} for t in metrics["tasks"]]
@@ -146,25 +176,33 @@ def main(argv):
   from k4p1.config import load_module
   from k4p1.files import atomic_write_text
   module = load_module(CONFIG)
-  regimes = list(module.REGIMES)
-  lrs = ["0.045"] if _SMOKE.value else _LRS.value
-  datasets = _DATASETS.value[:1] if _SMOKE.value else _DATASETS.value
+  regimes = _REGIMES.value or list(module.REGIMES)
+  options = cell_options()
+  module.get_config(f"{_BACKBONES.value[0]},{'-' if _DATA.value else 'cifar10'},0.1,{options}")
+  datasets = ["-"] if _DATA.value else _DATASETS.value
+  datasets = datasets[:1] if _SMOKE.value else datasets
   previous = None if _SMOKE.value else _load(_OUT.value)
+  if previous and previous.get("options", "statistics=batch") != options:
+    raise SystemExit(f"{_OUT.value} holds a sweep with options {previous.get('options')!r}, "
+                     f"not {options!r}: pass another --out.")
   out = previous or {
       "benchmark": "transfer_table", "config": "configs/transfer_table.py",
-      "smoke": _SMOKE.value, "scale_bias_statistics": "frozen" if _FROZEN.value else "batch",
-      "settings": {"input_size": module.SIZE, "train_examples": module.TRAIN_EXAMPLES,
-                   "eval_examples": module.EVAL_EXAMPLES, "epochs": module.EPOCHS},
+      "smoke": _SMOKE.value, "options": options, "data": _DATA.value,
+      "scale_bias_statistics": "frozen" if _FROZEN.value else _STATISTICS.value,
+      "settings": {"input_size": _SIZE.value or module.SIZE,
+                   "train_examples": _TRAIN_EXAMPLES.value or module.TRAIN_EXAMPLES,
+                   "eval_examples": module.EVAL_EXAMPLES, "epochs": _EPOCHS.value or module.EPOCHS},
       **common.machine(), "rows": [], "cell_seconds": {}}
   done = {(r["backbone"], r["dataset"], r["lr"]) for r in out["rows"]}
-  cells = [(b, d, lr) for b in _BACKBONES.value for d in datasets for lr in lrs]
+  cells = [(b, d, lr) for b in _BACKBONES.value for d in datasets
+           for lr in (["0.045"] if _SMOKE.value else _LRS.value or module.LR_GRIDS[b])]
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="k4p1_transfer_")
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   for i, (b, d, lr) in enumerate(cells):
     if (b, d, float(lr)) in done:
       print(f"[{i + 1}/{len(cells)}] {b} {d} lr={lr}: already in {_OUT.value}", flush=True)
       continue
-    rows, seconds = run_cell(b, d, lr, _SMOKE.value, workdir, _FROZEN.value)
+    rows, seconds = run_cell(b, d, lr, _SMOKE.value, workdir, options)
     out["rows"].extend(rows)
     out["cell_seconds"][f"{b},{d},{lr}"] = round(seconds, 1)
     common.write_result(_OUT.value, out, quiet=True)

@@ -17,14 +17,17 @@ Backbones (files from $K4P1_DATA_DIR, or --config.backbone.weights / model_file)
   dogs  the trained MobileNetV2 1.0 @160 inside a dog-breed classifier (ImageNet blocks 0-13).
 Targets: cifar10 (JPEG tarball) and fashion_mnist (IDX files), both at SIZE x SIZE (below).
 
-Scale (fixed so that the full sweep, 2 x 2 x 5 cells of 7 regimes, fits ~1 hour on 2 cores):
+Scale (default; fixed so that a sweep of 2 x 2 x 5 cells of 7 regimes fits ~1 hour on 2 cores):
   input 64x64 for both backbones (not their own 300 / 160: stated in docs/results.md),
-  the first 1,000 training images (after a fixed shuffle for CIFAR-10; Fashion-MNIST's own order),
-  1,000 test images of the official test split, 2 epochs, batch 32, RMSProp as in the paper;
-  BN statistics recomputed over one pass of the 1,000 training images.
+  1,000 training images (a class-stratified subset, seed 0), 1,000 test images of the official
+  test split (stratified), 2 epochs, batch 32, TF1 RMSProp as in the paper; BN statistics
+  recomputed over one pass of the 1,000 un-augmented training images.
 
-Option `frozen` (4th field): scale-and-bias patches keep the backbone's BN statistics (learning
-gamma and beta only) instead of normalising with the target's batch statistics.
+Options after BACKBONE,DATASET,LR (comma separated):
+  statistics=batch|frozen|recompute  where the scale-and-bias patches' BN statistics come from
+                  (`frozen` alone means statistics=frozen); regimes=a+b: a subset of REGIMES;
+  data=SOURCE:PATH with DATASET '-': any local data (image_folder, arrays, ...);
+  size=N, train_examples=N, eval_examples=N, epochs=X: another scale; smoke: 2 steps each.
 
 Run one cell:
   K4P1_DATA_DIR=../shared/data python train.py \
@@ -34,7 +37,7 @@ The sweep and its plot: python bench/transfer_table.py   (smoke: append ,smoke t
 
 import os
 
-from k4p1.config import base_config, dataset_config, task_config
+from k4p1.config import ConfigError, base_config, dataset_config, task_config
 
 REGIMES = {
     "last_layer": "last_layer",
@@ -56,40 +59,91 @@ EVAL_EXAMPLES = 1000
 EPOCHS = 2.0
 
 
+# Learning-rate grids that bracket each backbone's optimum (bench/transfer_table.py's default):
+# the dogs MobileNetV2's initial gamma/beta gradients are 12-34x the SSD featurizer's, so its
+# rates sit a decade lower.
+LR_GRIDS = {
+    "ssd": ("0.0045", "0.015", "0.045", "0.15", "0.45"),
+    "dogs": ("0.00015", "0.00045", "0.0015", "0.0045", "0.015", "0.045"),
+}
+STATISTICS = ("batch", "frozen", "recompute")
+USAGE = ("configs/transfer_table.py takes BACKBONE,DATASET,LR then options: frozen (= "
+         "statistics=frozen), smoke, statistics=batch|frozen|recompute, regimes=a+b, "
+         "data=SOURCE:PATH (instead of DATASET: write '-'), size=N, train_examples=N, "
+         "eval_examples=N, epochs=X. BACKBONE in {backbones}, DATASET in {datasets}; e.g. "
+         "'ssd,cifar10,0.045' or 'dogs,-,0.0015,data=image_folder:/data/signs,regimes="
+         "last_layer+scale_bias_last_layer'. Received: {arg!r}")
+
+
+def _options(arg):
+  parts = [p.strip() for p in (arg or "ssd,cifar10,0.045").split(",") if p.strip()]
+  usage = USAGE.format(backbones=BACKBONES, datasets=tuple(DATASETS), arg=arg)
+  if len(parts) < 3 or parts[0] not in BACKBONES or (parts[1] not in DATASETS and
+                                                      parts[1] != "-"):
+    raise ConfigError(usage)
+  try:
+    lr = float(parts[2])
+  except ValueError:
+    raise ConfigError(usage) from None
+  opts = dict(backbone=parts[0], dataset=parts[1], lr=lr, smoke=False, statistics="batch",
+              regimes=",".join(REGIMES), data="", size=SIZE, train_examples=TRAIN_EXAMPLES,
+              eval_examples=EVAL_EXAMPLES, epochs=EPOCHS)
+  for item in parts[3:]:
+    key, eq, value = item.partition("=")
+    if not eq and key in ("smoke", "frozen"):
+      opts.update(smoke=True) if key == "smoke" else opts.update(statistics="frozen")
+    elif eq and key in ("statistics", "regimes", "data"):
+      opts[key] = value.replace("+", ",") if key == "regimes" else value
+    elif eq and key in ("size", "train_examples", "eval_examples"):
+      opts[key] = int(value)
+    elif eq and key == "epochs":
+      opts[key] = float(value)
+    else:
+      raise ConfigError(usage)
+  if opts["statistics"] not in STATISTICS:
+    raise ConfigError(f"configs/transfer_table.py: statistics must be one of {STATISTICS}. "
+                      f"Received: {arg!r}")
+  unknown = [r for r in opts["regimes"].split(",") if r not in REGIMES]
+  if unknown:
+    raise ConfigError(f"configs/transfer_table.py: unknown regimes {unknown}. Known: "
+                      f"{', '.join(REGIMES)}. Received: {arg!r}")
+  if (opts["dataset"] == "-") != bool(opts["data"]):
+    raise ConfigError(f"configs/transfer_table.py: give DATASET, or '-' with data=SOURCE:PATH. "
+                      f"Received: {arg!r}")
+  return opts
+
+
 def get_config(arg="ssd,cifar10,0.045"):
-  parts = (arg or "ssd,cifar10,0.045").split(",")
-  options = set(parts[3:])
-  if (len(parts) < 3 or parts[0] not in BACKBONES or parts[1] not in DATASETS
-      or not options <= {"smoke", "frozen"}):
-    raise ValueError(f"configs/transfer_table.py takes BACKBONE,DATASET,LR[,frozen][,smoke] with "
-                     f"BACKBONE in {BACKBONES} and DATASET in {tuple(DATASETS)}, e.g. "
-                     f"'ssd,cifar10,0.045'. Received: {arg!r}")
-  backbone, dataset, lr = parts[0], parts[1], float(parts[2])
-  smoke = "smoke" in options
+  o = _options(arg)
   data_dir = os.environ.get("K4P1_DATA_DIR", "")
   c = base_config()
-  if backbone == "ssd":
+  if o["backbone"] == "ssd":
     c.backbone.update(
-        name="ssd_mobilenet_v2", input_size=SIZE,
+        name="ssd_mobilenet_v2", input_size=o["size"],
         weights=os.path.join(data_dir, "ssdlite_mobilenet_v2_person", "frozen_inference_graph.pb")
         if data_dir else "")
   else:
     c.backbone.update(
-        name="keras_file", input_size=SIZE,
+        name="keras_file", input_size=o["size"],
         model_file=os.path.join(data_dir, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5")
         if data_dir else "")
-  c.train.update(batch_size=32, eval_batch_size=100, checkpoint_every=1000, log_every=10,
-                 bn_recompute_batches=TRAIN_EXAMPLES // 32)
-  for name, patch in REGIMES.items():
-    data = dataset_config(**DATASETS[dataset], train_examples=TRAIN_EXAMPLES,
-                          eval_examples=EVAL_EXAMPLES)
-    # `frozen`: scale-and-bias patches normalise with the backbone's own statistics (learning
-    # gamma and beta only) instead of the target's batch statistics.
-    c.tasks[name] = task_config(dataset=data, patch=patch, epochs=EPOCHS, lr=lr,
-                                statistics="frozen" if "frozen" in options else "batch")
-  c.task_order = ",".join(REGIMES)
+  c.train.update(batch_size=32, eval_batch_size=100, checkpoint_every=1000, log_every=10)
+  if o["data"]:
+    source, _, path = o["data"].partition(":")
+    fields = dict(source=source, path=path, augment="none")
+  else:
+    fields = dict(DATASETS[o["dataset"]])
+  for name in o["regimes"].split(","):
+    data = dataset_config(**fields, train_examples=o["train_examples"],
+                          eval_examples=o["eval_examples"])
+    # statistics: where the scale-and-bias patches' BN statistics come from (batch: the
+    # target's batch statistics, then recomputed; frozen: the backbone's; recompute: the
+    # target's, recomputed first and kept).
+    c.tasks[name] = task_config(dataset=data, patch=REGIMES[name], epochs=o["epochs"], lr=o["lr"],
+                                statistics=o["statistics"])
+  c.task_order = o["regimes"]
   c.export.enabled = False
-  if smoke:
+  if o["smoke"]:
     c.train.bn_recompute_batches = 2
     for t in c.tasks.values():
       t.dataset.train_examples, t.dataset.eval_examples = 64, 50

@@ -59,7 +59,7 @@ def check_declared_names(spec: "ExperimentSpec"):
     sources.lookup(task.dataset.source, f"tasks.{task.name}.dataset.source")
     for kind in sorted(task.patch.kinds):
       kinds.lookup(kind, f"tasks.{task.name}.patch")
-STATISTICS_MODES = ("batch", "frozen")
+STATISTICS_MODES = ("batch", "frozen", "recompute")
 HEAD_KIND = "last_layer"  # in `task.patch`: train the task's classifier (a head option)
 
 
@@ -97,16 +97,20 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
     patch: comma-separated patch kinds (k4p1/patches/, one file each) plus `last_layer` (train
       the classifier), e.g. 'scale_bias,last_layer'. A kind takes options in parentheses:
       'scale_bias(statistics=frozen),last_layer'.
-    statistics: default of scale_bias's `statistics` option: `batch` (normalise with batch statistics while training and
-      update the task's moving statistics, as the paper does) or `frozen` (use the task's moving
-      statistics; gamma and beta still learn; faster: 1.10x in bench/train_throughput.py).
+    statistics: default of scale_bias's `statistics` option, where its BN statistics come from:
+      `batch` (normalise with batch statistics while training, then recompute the moving
+      statistics on the target: the paper), `frozen` (keep the backbone's statistics; gamma
+      and beta still learn; faster: 1.10x in bench/train_throughput.py) or `recompute`
+      (recompute them on the target before training, then keep them; as fast as `frozen`).
     train_base: also train the shared backbone weights (pretraining, or multi-task learning).
     epochs: training epochs (fractions allowed); `steps` > 0 overrides it.
     lr: initial learning rate; 0 uses `optimizer.lr`.
+    head_lr: the classifier's own initial learning rate (its own optimizer, same schedule);
+      0 uses `lr`. Patches often want large rates and a classifier a smaller one.
   """
   c = ml_collections.ConfigDict(dict(
       patch="scale_bias,last_layer", statistics="batch", train_base=False,
-      epochs=1.0, steps=0, lr=0.0))
+      epochs=1.0, steps=0, lr=0.0, head_lr=0.0))
   c.dataset = dataset_config()
   c.update(overrides)
   return c
@@ -137,7 +141,9 @@ def base_config() -> ml_collections.ConfigDict:
       cache=True,         # cache decoded examples in memory (small datasets)
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="rmsprop",     # 'rmsprop', 'sgd' (momentum) or 'adam' (k4p1.train.optimizers)
+      name="rmsprop",     # 'rmsprop' (TF1/TF-slim's: mean square starts at 1, as the paper),
+                          # 'rmsprop_keras' (starts at 0), 'sgd' (momentum) or 'adam'
+                          # (k4p1.train.optimizers)
       lr=0.045,           # the paper's initial learning rate
       decay_rate=0.98,    # multiply the rate by this ...
       decay_epochs=2.5,   # ... every this many epochs (staircase)
@@ -153,7 +159,9 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=200,     # steps between checkpoints (and always at the end of a task)
       log_every=50,             # steps between TensorBoard summaries
       keep_checkpoints=2,
-      bn_recompute_batches=50,  # after a task, average BN statistics over this many batches (0: off)
+      bn_recompute_batches=-1,  # batches BN statistics are averaged over when recomputed:
+                                # -1: one pass over the training split, at most 200 batches;
+                                # 0: never recompute
       progress=True,            # progress bar on stderr
   ))
   c.runtime = ml_collections.ConfigDict(dict(
@@ -261,6 +269,7 @@ class TaskSpec:
   epochs: float = 1.0
   steps: int = 0
   lr: float = 0.0
+  head_lr: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +307,7 @@ class TrainSpec:
   checkpoint_every: int = 200
   log_every: int = 50
   keep_checkpoints: int = 2
-  bn_recompute_batches: int = 50
+  bn_recompute_batches: int = -1
   progress: bool = True
 
 
@@ -567,8 +576,12 @@ def validate(config) -> ExperimentSpec:
     patch = parse_patch(t.patch, t.statistics, t.train_base, where=f"{where}.patch")
     if t.epochs <= 0 and t.steps <= 0:
       raise ConfigError(f"{where}: set epochs > 0 or steps > 0.")
+    head_lr = float(t.get("head_lr", 0.0))
+    if head_lr < 0 or t.lr < 0:
+      raise ConfigError(f"{where}: learning rates must be >= 0 (0: the default). Received: "
+                        f"lr={t.lr}, head_lr={head_lr}")
     tasks.append(TaskSpec(name=name, dataset=dataset, patch=patch, epochs=float(t.epochs),
-                          steps=int(t.steps), lr=float(t.lr)))
+                          steps=int(t.steps), lr=float(t.lr), head_lr=head_lr))
   names = [t.name for t in tasks]
   for t in (x.strip() for x in config.export.tasks.split(",") if x.strip()):
     if t not in names:

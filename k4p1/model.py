@@ -50,6 +50,9 @@ def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int
   momenta = [layer.momentum for layer in layers]
   k = 0
   try:
+    for layer in layers:  # layers that keep their statistics in training normalise by batch now
+      if hasattr(layer, "recomputing"):
+        layer.recomputing = True
     for images, _ in batches:
       for layer in layers:
         layer.momentum = k / (k + 1.0)   # cumulative average; k=0 takes the first batch whole
@@ -58,6 +61,8 @@ def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int
   finally:
     for layer, m in zip(layers, momenta):
       layer.momentum = m
+      if hasattr(layer, "recomputing"):
+        layer.recomputing = False
   return k
 
 
@@ -200,6 +205,11 @@ class TaskModels:
         if getattr(layer, "uses_batch_statistics", True):
           out.append(layer)
     return out
+
+  def recompute_first_layers(self, name: str) -> list:
+    """Task `name`'s BN layers whose statistics are recomputed before training, then kept."""
+    return [layer for layer in patches.all_layers(self.tasks[name].model)
+            if getattr(layer, "recomputes_statistics_first", False)]
 
   def variable_kinds(self, name: str) -> dict:
     """{id(variable): (component, learned)} for task `name`'s own variables.

@@ -77,6 +77,34 @@ class StepTest(tf.test.TestCase):
     self.assertEqual((n, int(counter.numpy())), (5, 5))
     self.assertAllClose(loss, np.mean(losses), rtol=1e-6)
 
+  def test_tf1_rmsprop_matches_a_numpy_tf1_update(self):
+    from k4p1.train.optimizers import TF1RMSprop
+    rng = np.random.RandomState(0)
+    w0 = rng.randn(5).astype(np.float64)
+    grads = [rng.randn(5) * 0.3 for _ in range(4)]
+    lr, rho, momentum, eps = 0.045, 0.9, 0.9, 1.0
+    w = tf.Variable(w0.astype(np.float32))
+    opt = TF1RMSprop(lr, rho=rho, momentum=momentum, epsilon=eps)
+    for g in grads:
+      opt.apply_gradients([(tf.constant(g, tf.float32), w)])
+    # tf.compat.v1.train.RMSPropOptimizer's documented update, in float64: ms starts at 1.
+    ms, mom, ref = np.ones(5), np.zeros(5), w0.copy()
+    for g in grads:
+      ms = rho * ms + (1 - rho) * g * g
+      mom = momentum * mom + lr * g / np.sqrt(ms + eps)
+      ref -= mom
+    self.assertAllClose(w.numpy(), ref, rtol=1e-5, atol=1e-6)
+    # Keras's RMSprop starts at 0: its first step is larger (1.38x for small gradients).
+    keras_w = tf.Variable(w0.astype(np.float32))
+    keras.optimizers.RMSprop(lr, rho=rho, momentum=momentum, epsilon=eps).apply_gradients(
+        [(tf.constant(grads[0], tf.float32), keras_w)])
+    tf1_w = tf.Variable(w0.astype(np.float32))
+    TF1RMSprop(lr, rho=rho, momentum=momentum, epsilon=eps).apply_gradients(
+        [(tf.constant(grads[0], tf.float32), tf1_w)])
+    ratio = (keras_w.numpy() - w0) / (tf1_w.numpy() - w0)
+    self.assertAllClose(ratio, np.sqrt((rho + eps + (1 - rho) * grads[0] ** 2) /
+                                       (eps + (1 - rho) * grads[0] ** 2)), rtol=1e-4)
+
   def test_empty_variable_list_is_an_error(self):
     model = _model()
     with self.assertRaisesRegex(ValueError, "nothing to train"):

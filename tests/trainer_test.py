@@ -84,6 +84,53 @@ class PhaseTest(tf.test.TestCase):
       self.assertAllEqual(v.numpy(), before)
     self.assertEqual(int(trainer.steps["patched"].numpy()), 2)
 
+  def test_head_lr_gives_the_classifier_its_own_optimizer(self):
+    config = tiny_config(steps=2)
+    del config.tasks["base"]
+    config.task_order = "patched"
+    config.tasks.patched.head_lr = 1e-9  # the classifier barely moves; the patch does
+    trainer = Trainer(resolve(config), self.workdir)
+    models = trainer.models
+    self.assertEqual(set(trainer.optimizers), {"patched", "patched__head"})
+    head = models.tasks["patched"].head.weights
+    head_ids = {id(v) for v in head}
+    patch = [v for v in models.trainable_variables("patched") if id(v) not in head_ids]
+    before = {id(v): v.numpy().copy() for v in head + patch}
+    trainer.train_phase(trainer.phases[0])
+    head_moved = max(float(np.abs(v.numpy() - before[id(v)]).max()) for v in head)
+    patch_moved = max(float(np.abs(v.numpy() - before[id(v)]).max()) for v in patch)
+    self.assertGreater(patch_moved, 1e-4)
+    self.assertLess(head_moved, 1e-6)
+    # The checkpoint holds both optimizers: a new trainer restores them.
+    again = Trainer(resolve(config), self.workdir)
+    self.assertTrue(again.restore())
+
+  def test_recompute_statistics_first_then_keep_them(self):
+    config = tiny_config(steps=2, patch="scale_bias(statistics=recompute),last_layer")
+    del config.tasks["base"]
+    config.task_order = "patched"
+    trainer = Trainer(resolve(config), self.workdir)
+    models = trainer.models
+    moving = [v for v in models.task_variables("patched") if "moving" in v.name]
+    base = [v.numpy().copy() for v in moving]
+    recomputed = {}
+    original = trainer._recompute_statistics
+
+    def spy(name, seed, layers=None):
+      original(name, seed, layers)
+      if layers:  # the before-training recompute: remember what it produced
+        recomputed.update({id(v): v.numpy().copy() for v in moving})
+    trainer._recompute_statistics = spy
+    trainer.train_phase(trainer.phases[0])
+    self.assertLen(recomputed, len(moving))  # it ran, before training, on every patched BN
+    # Fitted to the target (the random base's deep activations are tiny, so its first layers
+    # show it: bn_Conv1 sees the images themselves)...
+    changed = [v.path for v, b in zip(moving, base)
+               if not np.allclose(recomputed[id(v)], b, rtol=1e-3, atol=1e-3)]
+    self.assertTrue(any("bn_Conv1" in p for p in changed), changed)
+    for v in moving:  # ...then kept while gamma and beta learn
+      self.assertAllEqual(v.numpy(), recomputed[id(v)], msg=v.path)
+
   def test_phase_names_must_be_unique(self):
     with self.assertRaisesRegex(ValueError, "unique"):
       Trainer(_spec(), self.workdir,

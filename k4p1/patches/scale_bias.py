@@ -1,9 +1,13 @@
 """The scale-and-bias patch (the paper's S/B patch) and its statistics-only variant.
 
 `scale_bias`: a task's own BatchNormalization at every BN layer: gamma, beta and moving
-statistics. `statistics='batch'` normalises with batch statistics while training and updates the
-task's moving statistics (the paper); 'frozen' always uses the moving statistics (gamma and
-beta still learn; faster). InceptionV3's BN has no gamma: the patch adds one (ones).
+statistics. Its `statistics` option says where the statistics come from:
+  batch      normalise with batch statistics while training, then recompute the moving
+             statistics on the target (the paper);
+  frozen     keep the backbone's statistics (gamma and beta still learn; faster);
+  recompute  recompute the statistics on the target first, then keep them while gamma and beta
+             learn (normalisation fitted to the target, training as fast as `frozen`).
+InceptionV3's BN has no gamma: the patch adds one (ones).
 `bn_stats`: the same layer with nothing learned: only the statistics are the task's,
 recomputed (the paper's Table 6 baseline).
 
@@ -21,6 +25,8 @@ import numpy as np
 
 from k4p1.patches.base import PATCH_KINDS, PatchKind, PatchLayer
 from k4p1.patches.batchnorm import FusedBatchNormalization
+
+STATISTICS = ("batch", "frozen", "recompute")
 
 
 @keras.saving.register_keras_serializable(package="k4p1")
@@ -42,11 +48,13 @@ class ScaleBiasPatch(PatchLayer, FusedBatchNormalization):
     kwargs["scale"] = True   # InceptionV3's BN has no gamma: the patch adds one.
     kwargs["center"] = True
     super().__init__(**kwargs)
-    if statistics not in ("batch", "frozen"):
-      raise ValueError(f"statistics must be 'batch' or 'frozen'. Received: statistics={statistics!r}")
+    if statistics not in STATISTICS:
+      raise ValueError(f"statistics must be one of {STATISTICS}. Received: "
+                       f"statistics={statistics!r}")
     self._init_patch(task, base_name)
     self.statistics = statistics
     self.learn = learn
+    self.recomputing = False  # set by k4p1.model.recompute_batch_statistics
     if not learn:
       self.kind = "bn_stats"
 
@@ -80,8 +88,13 @@ class ScaleBiasPatch(PatchLayer, FusedBatchNormalization):
     """Whether training normalises with batch statistics (then they are recomputed after)."""
     return self.statistics == "batch"
 
+  @property
+  def recomputes_statistics_first(self) -> bool:
+    """Whether the statistics are recomputed on the target before training (then kept)."""
+    return self.statistics == "recompute"
+
   def call(self, inputs, training=None, mask=None):
-    if self.statistics == "frozen":
+    if self.statistics in ("frozen", "recompute") and not self.recomputing:
       training = False
     return super().call(inputs, training=training, mask=mask)
 
@@ -95,14 +108,15 @@ class ScaleBiasPatch(PatchLayer, FusedBatchNormalization):
 @dataclasses.dataclass(frozen=True)
 class ScaleBiasOptions:
   """Attributes:
-    statistics: 'batch' (normalise with batch statistics while training; the paper) or
-      'frozen' (the task's moving statistics; gamma and beta still learn; faster).
+    statistics: 'batch' (normalise with batch statistics while training; the paper),
+      'frozen' (keep the backbone's statistics; gamma and beta still learn; faster) or
+      'recompute' (recompute them on the target first, then keep them).
   """
   statistics: str = "batch"
 
   def __post_init__(self):
-    if self.statistics not in ("batch", "frozen"):
-      raise ValueError(f"statistics must be 'batch' or 'frozen'. "
+    if self.statistics not in STATISTICS:
+      raise ValueError(f"statistics must be one of {STATISTICS}. "
                        f"Received: statistics={self.statistics!r}")
 
 

@@ -1,5 +1,11 @@
 """Optimizers by name (`optimizer.name`), with the paper's staircase learning-rate decay.
 
+  rmsprop        TF1 / TF-slim RMSProp, the paper's: the mean square starts at 1 (TF1RMSprop)
+  rmsprop_keras  Keras's RMSprop: the mean square starts at 0, so its first steps are larger
+                 (with rho 0.9, epsilon 1.0 and small gradients: 1.38x at step 1, 1.16x at
+                 step 10, 1.02x at step 30)
+  sgd, adam
+
 Example:
   opt = make_optimizer(OptimizerSpec(), lr=0.045, steps_per_epoch=100)   # TF-slim RMSProp
 """
@@ -13,8 +19,36 @@ from k4p1.registry import Registry
 OPTIMIZERS = Registry("optimizer", field="optimizer.name")
 
 
+@keras.saving.register_keras_serializable(package="k4p1")
+class TF1RMSprop(keras.optimizers.RMSprop):
+  """RMSProp as TF1's tf.train.RMSPropOptimizer and TF-slim compute it.
+
+  The update is Keras's (mean square ms = rho ms + (1 - rho) g^2; mom = momentum mom +
+  lr g / sqrt(ms + epsilon); w -= mom); only the start differs: TF1 initialises ms to 1,
+  Keras to 0. With the paper's epsilon 1.0 and small gradients, a zero start makes the update
+  at step k sqrt((1 + 0.9^k) / 1) larger: 1.38x at the first step, still 1.16x at the tenth,
+  which matters in runs of under a hundred steps.
+
+  Example:
+    TF1RMSprop(0.045, rho=0.9, momentum=0.9, epsilon=1.0)
+  """
+
+  def build(self, var_list):
+    if self.built:
+      return
+    super().build(var_list)
+    for velocity in self._velocities:
+      if velocity is not None:
+        velocity.assign(keras.ops.ones_like(velocity))
+
+
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(spec, schedule):
+  return TF1RMSprop(schedule, rho=spec.rho, momentum=spec.momentum, epsilon=spec.epsilon)
+
+
+@OPTIMIZERS.register("rmsprop_keras")
+def _rmsprop_keras(spec, schedule):
   return keras.optimizers.RMSprop(schedule, rho=spec.rho, momentum=spec.momentum,
                                   epsilon=spec.epsilon)
 

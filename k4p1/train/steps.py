@@ -65,7 +65,8 @@ def classification_loss(logits, labels, num_classes: int, global_batch_size: int
 
 def make_train_step(strategy, model, optimizer, variables: list, global_batch_size: int,
                     num_classes: int, label_smoothing: float = 0.0,
-                    metrics: Optional[StepMetrics] = None, counter: Optional[tf.Variable] = None):
+                    metrics: Optional[StepMetrics] = None, counter: Optional[tf.Variable] = None,
+                    extra_groups=()):
   """A tf.function(iterator) -> (loss, accuracy) running one step under `strategy`.
 
   Args:
@@ -76,10 +77,14 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
     global_batch_size, num_classes, label_smoothing: the loss.
     metrics: if given, loss and accuracy are accumulated on device.
     counter: if given, incremented by one per step on device.
+    extra_groups: more (optimizer, variables) pairs trained by the same step, each with its own
+      optimizer (e.g. a classifier at its own learning rate).
 
   The returned tensors need not be read: reading them syncs with the host.
   """
-  variables = list(variables)
+  groups = [(optimizer, list(variables))] + [(o, list(v)) for o, v in extra_groups]
+  groups = [(o, v) for o, v in groups if v]
+  variables = [v for _, group in groups for v in group]
   if not variables:
     raise ValueError("make_train_step: nothing to train (the variable list is empty).")
 
@@ -91,7 +96,10 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
       if model.losses:  # the model's own losses (regularizers), once per global step
         loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
     grads = tape.gradient(loss, variables)
-    optimizer.apply_gradients(zip(grads, variables))
+    start = 0
+    for group_optimizer, group in groups:
+      group_optimizer.apply_gradients(zip(grads[start:start + len(group)], group))
+      start += len(group)
     correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
                                              tf.cast(labels, tf.int32)), tf.float32))
     return loss, correct

@@ -134,14 +134,15 @@ class Trainer:
       self.optimizers = {}
       if with_data:
         for phase in self.phases:
-          variables = self.phase_variables(phase)
-          if not variables:  # e.g. bn_stats without last_layer: statistics only
-            continue
           task = spec.task(phase.task)
-          opt = make_optimizer(spec.optimizer, phase.lr or task.lr or spec.optimizer.lr,
-                               self.steps_per_epoch(phase.task))
-          opt.build(variables)
-          self.optimizers[phase.name] = opt
+          body, head = self._variable_groups(phase)
+          lr = phase.lr or task.lr or spec.optimizer.lr
+          for key, variables, rate in ((phase.name, body, lr),
+                                       (f"{phase.name}__head", head, task.head_lr)):
+            if variables:  # none: e.g. bn_stats without last_layer (statistics only)
+              opt = make_optimizer(spec.optimizer, rate, self.steps_per_epoch(phase.task))
+              opt.build(variables)
+              self.optimizers[key] = opt
     root = tf.Module()
     root.base = self.models.base
     root.tasks = {k: t.model for k, t in self.models.tasks.items()}
@@ -168,6 +169,16 @@ class Trainer:
     if phase.variables is not None:
       return list(phase.variables(self.models))
     return self.models.trainable_variables(phase.task)
+
+  def _variable_groups(self, phase: Phase) -> tuple[list, list]:
+    """(variables at the phase's rate, the classifier's at `head_lr`): the second is empty
+    unless the task sets head_lr and the phase trains its classifier."""
+    variables = self.phase_variables(phase)
+    if not self.spec.task(phase.task).head_lr:
+      return variables, []
+    head = {id(v) for v in self.models.tasks[phase.task].head.trainable_variables}
+    return ([v for v in variables if id(v) not in head],
+            [v for v in variables if id(v) in head])
 
   def restore(self, require: bool = False) -> bool:
     """Restores the latest checkpoint, if any. Returns whether one was restored."""
@@ -215,7 +226,8 @@ class Trainer:
     task = self.models.activate(name, None if phase.variables is None
                                 else self.phase_variables(phase))
     train = self.spec.train
-    if phase.name not in self.optimizers:  # nothing learned by gradient
+    body, head = self._variable_groups(phase)
+    if not body and not head:  # nothing learned by gradient
       t0 = time.time()
       logging.info("Phase %s trains no variable by gradient: its BN statistics only.",
                    phase.name)
@@ -224,13 +236,17 @@ class Trainer:
       self.manager.save(checkpoint_number=self._checkpoint_number())
       return {"train_steps": total, "train_seconds": round(time.time() - t0, 2),
               "train_images_per_second": 0.0}
+    if start == 0:  # statistics=recompute: fitted to the target before gamma/beta learn
+      self._recompute_statistics(name, train.seed, self.models.recompute_first_layers(name))
     # Resumed runs reseed the shuffle from the step so they do not replay the same batches.
     iterator = iter(self._distributed_batches(name, seed=train.seed + start))
-    optimizer = self.optimizers[phase.name]
-    step_fn = make_train_step(self.strategy, task.model, optimizer, self.phase_variables(phase),
-                              train.batch_size, task.num_classes,
-                              self.spec.optimizer.label_smoothing, metrics=self.metrics,
-                              counter=step_var)
+    groups = [(self.optimizers[key], variables) for key, variables in
+              ((phase.name, body), (f"{phase.name}__head", head)) if variables]
+    (optimizer, variables), extra = groups[0], groups[1:]
+    step_fn = make_train_step(
+        self.strategy, task.model, optimizer, variables, train.batch_size, task.num_classes,
+        self.spec.optimizer.label_smoothing, metrics=self.metrics, counter=step_var,
+        extra_groups=extra)
     writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name)) \
         if self.is_chief else tf.summary.create_noop_writer()
     progress = Progress(total, start, f"train {phase.name}", train.progress)
@@ -271,9 +287,16 @@ class Trainer:
         stats = self.train_phase(phase) or stats
     return stats
 
-  def _recompute_statistics(self, name: str, seed: int):
+  def recompute_batches(self, name: str) -> int:
+    """How many batches recomputed statistics average over (train.bn_recompute_batches)."""
     n = self.spec.train.bn_recompute_batches
-    layers = self.models.batch_statistics_layers(name)
+    if n >= 0:
+      return n
+    return min(200, max(1, math.ceil(self.data[name].train.size / self.spec.train.batch_size)))
+
+  def _recompute_statistics(self, name: str, seed: int, layers=None):
+    n = self.recompute_batches(name)
+    layers = self.models.batch_statistics_layers(name) if layers is None else layers
     if n > 0 and layers:
       # Un-augmented images, preprocessed as for evaluation: the statistics the model will meet.
       ds = self.data[name].statistics_batches(self.spec.train.batch_size, seed=seed)
