@@ -5,8 +5,18 @@ digits 0-4 (scikit-learn's bundled digits), learn digits 5-9 with the last layer
 scale-and-bias patch + last layer, print the comparison, and export a two-task SavedModel.
 
 Usage:
-  python train.py --config=configs/mobilenet_v2_scale_bias.py --workdir=/tmp/run \
-      [--mode=train|eval|params|export] [--config.optimizer.lr=0.1] [--config.tasks.T.epochs=3]
+  python train.py --config=FILE[:ARG] --workdir=DIR [--mode=MODE] [--config.FIELD=VALUE ...]
+
+Your own data (one regime; the task is named after the data):
+  python train.py --config=configs/transfer.py:data=image_folder:/data/signs,patch=scale_bias+last_layer
+  python train.py --config=configs/transfer.py:backbone=dogs,data=arrays:/data/signs.npz,size=64
+  (image_folder: ROOT/train/<class>/*.png and ROOT/test/<class>/*.png; arrays: an .npz with
+  train_images, train_labels, test_images, test_labels and optional class_names.)
+  Defaults for your data: no horizontal flips (flip=true turns them on: a flip changes the label
+  of digits, text, signs), no evaluation crop (eval_crop=0.875 is Inception's), random resized
+  crops in training (augment=none: resize only), each split shuffled once with a fixed seed,
+  class-stratified subsets (train_examples=N), BN statistics recomputed on un-augmented images.
+  configs/transfer.py's docstring lists every key; k4p1/config.py every field and its default.
 
 Modes:
   train   train every unfinished task (resumes from the last checkpoint in --workdir), evaluate,
@@ -14,6 +24,9 @@ Modes:
   eval    evaluate the last checkpoint.
   params  print the parameter report only (no data, no weights needed).
   export  export the SavedModel from the last checkpoint.
+
+Output: a progress bar and `k4p1: ...` lines on stderr, the results table on stdout.
+--verbosity=1 shows TensorFlow's own log lines too. Bad input: one `error: ...` line, exit 2.
 """
 
 import os
@@ -31,6 +44,7 @@ _CONFIG = cli.define_config_file(
     "`--config=FILE:ARG` passes ARG to get_config (e.g. configs/digits.py:smoke, "
     "configs/transfer.py:data=image_folder:/path,patch=scale_bias+last_layer). "
     "Every field and its default is documented in k4p1/config.py.")
+flags.declare_key_flag("config")  # defined through k4p1.cli: list it in this binary's --help
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, summaries, metrics, patch files and exports "
     "(default: ./k4p1_runs/<config name>). Rerunning with the same folder resumes.")

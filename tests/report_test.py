@@ -59,5 +59,27 @@ class GoldenCountsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(sb["components"]["last_layer"]["learned"], 2_049_000)
 
 
+class ReadmeReportTest(tf.test.TestCase):
+
+  def test_readme_parameter_report_is_what_the_command_prints(self):
+    import contextlib
+    import io
+    import os
+    import re
+    from k4p1 import config as config_lib
+    from k4p1 import experiment
+    from k4p1.testing import REPO_ROOT
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
+      readme = f.read()
+    command, quoted = re.search(
+        r"```\n\$ python train.py --config=(\S+) --mode=params --workdir=\S+\n(.*?)```",
+        readme, re.S).groups()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      experiment.run(config_lib.load(os.path.join(REPO_ROOT, command)), self.get_temp_dir(),
+                     "params")
+    self.assertEqual(printed.getvalue().strip(), quoted.strip())
+
+
 if __name__ == "__main__":
   tf.test.main()
