@@ -61,6 +61,22 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(frozen.tasks.scale_bias_last_layer.statistics, "frozen")
     with self.assertRaisesRegex(ValueError, "BACKBONE,DATASET,LR.*Received: 'ssd,mnist,0.1'"):
       module.get_config("ssd,mnist,0.1")
+    subset = module.get_config("dogs,-,0.0015,data=arrays:/d/signs.npz,statistics=recompute,"
+                               "regimes=last_layer+scale_bias_last_layer,size=96,epochs=4")
+    with subset.unlocked():
+      subset.backbone.model_file = subset.backbone.model_file or "/some/model.h5"
+    spec = config_lib.validate(subset)
+    self.assertEqual([t.name for t in spec.tasks], ["last_layer", "scale_bias_last_layer"])
+    self.assertEqual({(t.dataset.source, t.dataset.path, t.epochs) for t in spec.tasks},
+                     {("arrays", "/d/signs.npz", 4.0)})
+    self.assertEqual(spec.backbone.input_size, 96)
+    self.assertEqual(spec.tasks[1].patch.option("scale_bias", "statistics"), "recompute")
+    for bad, message in (("ssd,cifar10,0.1,regimes=lastlayer", "unknown regimes"),
+                         ("ssd,cifar10,0.1,statistics=mean", "statistics must be one of"),
+                         ("ssd,-,0.1", "give DATASET, or '-' with data")):
+      with self.assertRaisesRegex(config_lib.ConfigError, message):
+        module.get_config(bad)
+    self.assertEqual(set(module.LR_GRIDS), set(module.BACKBONES))
 
   def test_transfer_regimes_backbones_and_aliases(self):
     module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", "transfer.py"))
