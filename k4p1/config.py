@@ -107,10 +107,12 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
     lr: initial learning rate; 0 uses `optimizer.lr`.
     head_lr: the classifier's own initial learning rate (its own optimizer, same schedule);
       0 uses `lr`. Patches often want large rates and a classifier a smaller one.
+    loss_weight: in joint multi-task training, the weight of this task's loss.
+    batch_size: in joint multi-task training, this task's global batch (0: train.batch_size).
   """
   c = ml_collections.ConfigDict(dict(
       patch="scale_bias,last_layer", statistics="batch", train_base=False,
-      epochs=1.0, steps=0, lr=0.0, head_lr=0.0))
+      epochs=1.0, steps=0, lr=0.0, head_lr=0.0, loss_weight=1.0, batch_size=0))
   c.dataset = dataset_config()
   c.update(overrides)
   return c
@@ -168,6 +170,17 @@ def base_config() -> ml_collections.ConfigDict:
       strategy="default",       # a registered strategy (k4p1.train.strategies.STRATEGIES)
       tpu="",                   # TPU address for strategy=tpu
       devices="",               # comma-separated devices for mirrored ('' = all local)
+  ))
+  c.multitask = ml_collections.ConfigDict(dict(
+      tasks="",                 # comma-separated tasks trained jointly on the shared base (the
+                                # paper's section 5.3); '' = every task alone, in task_order
+      step="summed",            # 'summed': each step takes a batch of every task and sums the
+                                # weighted losses; 'sampled': each step trains one task
+      sampler="proportional",   # for 'sampled': round_robin, proportional (to dataset size) or
+                                # annealed (sizes ** (1 / temperature), temperature annealed)
+      temperature=2.0,          # annealed sampler: the starting temperature (1 = proportional)
+      steps=0,                  # joint steps; 0: the largest task's `epochs` (or `steps`)
+      balance_lr=True,          # the paper's learning-rate balancing (see k4p1.train.joint)
   ))
   c.export = ml_collections.ConfigDict(dict(
       enabled=True,             # export a SavedModel at the end of --mode=train
@@ -270,6 +283,18 @@ class TaskSpec:
   steps: int = 0
   lr: float = 0.0
   head_lr: float = 0.0
+  loss_weight: float = 1.0
+  batch_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MultitaskSpec:
+  tasks: tuple = ()          # () = no joint training
+  step: str = "summed"
+  sampler: str = "proportional"
+  temperature: float = 2.0
+  steps: int = 0
+  balance_lr: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,6 +353,7 @@ class ExperimentSpec:
   data: DataOptions = DataOptions()
   train: TrainSpec = TrainSpec()
   export: ExportSpec = ExportSpec()
+  multitask: MultitaskSpec = MultitaskSpec()
 
   def task(self, name: str) -> TaskSpec:
     for t in self.tasks:
@@ -580,8 +606,13 @@ def validate(config) -> ExperimentSpec:
     if head_lr < 0 or t.lr < 0:
       raise ConfigError(f"{where}: learning rates must be >= 0 (0: the default). Received: "
                         f"lr={t.lr}, head_lr={head_lr}")
+    loss_weight, batch_size = float(t.get("loss_weight", 1.0)), int(t.get("batch_size", 0))
+    if loss_weight < 0 or batch_size < 0:
+      raise ConfigError(f"{where}: loss_weight and batch_size must be >= 0. Received: "
+                        f"loss_weight={loss_weight}, batch_size={batch_size}")
     tasks.append(TaskSpec(name=name, dataset=dataset, patch=patch, epochs=float(t.epochs),
-                          steps=int(t.steps), lr=float(t.lr), head_lr=head_lr))
+                          steps=int(t.steps), lr=float(t.lr), head_lr=head_lr,
+                          loss_weight=loss_weight, batch_size=batch_size))
   names = [t.name for t in tasks]
   for t in (x.strip() for x in config.export.tasks.split(",") if x.strip()):
     if t not in names:
@@ -594,7 +625,7 @@ def validate(config) -> ExperimentSpec:
                     tasks=tuple(_names(config.export.tasks)) or tuple(names),
                     mixed_tasks=tuple(_names(config.export.mixed_tasks)))
   spec = ExperimentSpec(
-      backbone=backbone, tasks=tuple(tasks),
+      backbone=backbone, tasks=tuple(tasks), multitask=_multitask(config, names),
       runtime=_section(RuntimeSpec, config.runtime, "runtime"),
       optimizer=_section(OptimizerSpec, config.optimizer, "optimizer"),
       data=_section(DataOptions, config.data, "data"),
@@ -619,6 +650,37 @@ def check_paths(spec: ExperimentSpec):
     if path and not (os.path.exists(path) or os.path.exists(path + ".index")):
       raise ConfigError(f"{field} file not found: {path!r}. Check the path (relative paths "
                         f"are read from {os.getcwd()}).")
+
+
+MULTITASK_STEPS = ("summed", "sampled")
+SAMPLERS = ("round_robin", "proportional", "annealed")
+
+
+def _multitask(config, names: list[str]) -> MultitaskSpec:
+  """The `multitask` section, checked against the tasks."""
+  if "multitask" not in config:
+    return MultitaskSpec()
+  m = config.multitask
+  joint = _names(m.tasks)
+  for t in joint:
+    if t not in names:
+      raise ConfigError(f"multitask.tasks names '{t}', which is not a task."
+                        f"{_did_you_mean(t, names)} Tasks: {', '.join(names)}")
+  twice = sorted({t for t in joint if joint.count(t) > 1})
+  if twice:
+    raise ConfigError(f"multitask.tasks lists {twice} more than once. Received: {m.tasks!r}")
+  if len(joint) == 1:
+    raise ConfigError(f"multitask.tasks needs at least two tasks to train jointly (or '' for "
+                      f"none). Received: {m.tasks!r}")
+  if m.step not in MULTITASK_STEPS:
+    raise ConfigError(f"multitask.step must be one of {MULTITASK_STEPS}. Received: {m.step!r}")
+  if m.sampler not in SAMPLERS:
+    raise ConfigError(f"multitask.sampler must be one of {SAMPLERS}.{_did_you_mean(m.sampler, SAMPLERS)} "
+                      f"Received: {m.sampler!r}")
+  if m.temperature <= 0 or m.steps < 0:
+    raise ConfigError(f"multitask.temperature must be > 0 and multitask.steps >= 0. Received: "
+                      f"temperature={m.temperature}, steps={m.steps}")
+  return _section(MultitaskSpec, m, "multitask", tasks=tuple(joint))
 
 
 def _names(text: str) -> list[str]:

@@ -81,8 +81,9 @@ def save_patches(models, workdir: str) -> dict:
 
 
 def save_base(spec, models, workdir: str):
-  """Writes base.weights.h5 when a task trained the shared base (deploy.py rebuilds from it)."""
-  if not any(t.patch.train_base for t in spec.tasks):
+  """Writes base.weights.h5 when a task (or joint training) trained the shared base (deploy.py
+  rebuilds from it)."""
+  if not any(t.patch.train_base for t in spec.tasks) and not spec.multitask.tasks:
     return None
   path = os.path.join(workdir, "base.weights.h5")
   tmp = os.path.join(workdir, ".tmp-base.weights.h5")
@@ -124,6 +125,11 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   if mode == "params":
     rows = report_lib.parameter_report(models, patch_sizes(models))
     print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
+    if spec.multitask.tasks:
+      learnable = sum(int(v.shape.num_elements()) for v in models.shared_learnable_variables())
+      print(f"\nTrained jointly ({spec.multitask.step} steps): {', '.join(spec.multitask.tasks)}; "
+            f"the shared base's {learnable:,} learnable parameters learn from all of them, each "
+            f"task's own parameters only from its loss.", flush=True)
     _write_json(os.path.join(workdir, "params.json"), rows)
     return {"tasks": rows}
   if mode == "export":

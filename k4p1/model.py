@@ -130,6 +130,11 @@ class TaskModels:
   def shared_variables(self) -> list:
     return _unique(self.base.variables)
 
+  def shared_learnable_variables(self) -> list:
+    """The shared base's variables that gradient training changes (what joint training and
+    train_base train), read once, independent of the trainable flags."""
+    return list(self._learnable_shared)
+
   def add(self, spec: TaskSpec, num_classes: int, seed: int = 0,
           class_names=()) -> TaskModel:
     """Builds `spec`'s model on the shared backbone. The new model equals the base's output.

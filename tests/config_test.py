@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+from unittest import mock
 
 import tensorflow as tf
 from absl.testing import parameterized
@@ -78,6 +79,7 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
         module.get_config(bad)
     self.assertEqual(set(module.LR_GRIDS), set(module.BACKBONES))
 
+  @mock.patch.dict(os.environ, {"K4P1_DATA_DIR": "/some/data"})  # dogs and ssd files
   def test_transfer_regimes_backbones_and_aliases(self):
     module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", "transfer.py"))
     for regime in module.REGIMES:
@@ -99,6 +101,7 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     with self.assertRaisesRegex(config_lib.ConfigError, "must be a float"):
       module.get_config("full,lr=fast")
 
+  @mock.patch.dict(os.environ, {"K4P1_DATA_DIR": "/some/data"})  # names the dogs model file
   def test_transfer_data_argument_equals_the_long_form_overrides(self):
     module = config_lib.load_module(os.path.join(REPO_ROOT, "configs", "transfer.py"))
     short = module.get_config("data=image_folder:/data/GTSRB-32px,patch=scale_bias+last_layer,"

@@ -63,10 +63,12 @@ def _adam(spec, schedule):
   return keras.optimizers.Adam(schedule)
 
 
-def make_optimizer(spec, lr: float, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-  """The optimizer named by `spec.name`, lr decayed by `decay_rate` every `decay_epochs`."""
+def make_optimizer(spec, lr: float, steps_per_epoch: int,
+                   schedule=None) -> keras.optimizers.Optimizer:
+  """The optimizer named by `spec.name`, lr decayed by `decay_rate` every `decay_epochs`
+  (or following `schedule`, e.g. a joint-step schedule in multi-task training)."""
   build = OPTIMIZERS.lookup(spec.name)
-  schedule = keras.optimizers.schedules.ExponentialDecay(
+  schedule = schedule or keras.optimizers.schedules.ExponentialDecay(
       lr, decay_steps=max(1, int(round(spec.decay_epochs * steps_per_epoch))),
       decay_rate=spec.decay_rate, staircase=True)
   return build(spec, schedule)

@@ -76,7 +76,7 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
     variables: exactly what this step trains (e.g. TaskModels.trainable_variables(task)).
     global_batch_size, num_classes, label_smoothing: the loss.
     metrics: if given, loss and accuracy are accumulated on device.
-    counter: if given, incremented by one per step on device.
+    counter: if given, a variable (or a list of them) incremented by one per step on device.
     extra_groups: more (optimizer, variables) pairs trained by the same step, each with its own
       optimizer (e.g. a classifier at its own learning rate).
 
@@ -112,8 +112,9 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
     accuracy = strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None) / global_batch_size
     if metrics is not None:
       metrics.add(loss, accuracy)
-    if counter is not None:
-      counter.assign_add(1)
+    for c in (counter if isinstance(counter, (list, tuple)) else [counter]):
+      if c is not None:
+        c.assign_add(1)
     return loss, accuracy
 
   return step

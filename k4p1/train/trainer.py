@@ -55,12 +55,15 @@ class Phase:
     variables: optional (models) -> the variables it trains; default: what the task's spec
       trains (TaskModels.trainable_variables).
     lr: its initial learning rate (0: the task's, else the optimizer's).
+    tasks: for a joint phase (multi-task training, k4p1.train.joint), every task it trains at
+      once; `task` is then the first of them.
   """
   name: str
   task: str
   steps: int
   variables: Optional[Callable] = None
   lr: float = 0.0
+  tasks: tuple = ()
 
 
 class Progress:
@@ -122,18 +125,26 @@ class Trainer:
         else:
           n, names = data_lib.num_classes_of(task.dataset, d.data_dir), ()
         self.models.add(task, n, seed=spec.train.seed + i, class_names=names)
-      self.phases = phases(self) if phases else [
-          Phase(t.name, t.name, self.total_steps(t.name) if with_data else 0)
-          for t in spec.tasks]
+      self.phases = phases(self) if phases else self._default_phases(with_data)
       names = [p.name for p in self.phases]
       if len(set(names)) != len(names):
         raise ValueError(f"Phase names must be unique. Received: {names}")
       self.steps = {p.name: tf.Variable(0, dtype=tf.int64, trainable=False,
                                         name=f"step_{p.name}") for p in self.phases}
+      for phase in self.phases:  # a joint phase also counts each task's own steps
+        for t in phase.tasks:
+          self.steps[f"{phase.name}__{t}"] = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                                         name=f"step_{phase.name}__{t}")
       self.metrics = StepMetrics.create()
+      self.task_metrics = {t.name: StepMetrics.create(f"metrics_{t.name}")
+                           for t in spec.tasks if t.name in spec.multitask.tasks}
       self.optimizers = {}
+      self._joint_stats = {}
       if with_data:
         for phase in self.phases:
+          if phase.tasks:
+            self._build_joint_optimizers(phase)
+            continue
           task = spec.task(phase.task)
           body, head = self._variable_groups(phase)
           lr = phase.lr or task.lr or spec.optimizer.lr
@@ -155,6 +166,202 @@ class Trainer:
                               str(self.strategy.cluster_resolver.task_id))
     self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                               max_to_keep=spec.train.keep_checkpoints)
+
+  def _default_phases(self, with_data: bool) -> list:
+    """One phase per task in task order; the multitask tasks share one joint phase."""
+    joint = self.spec.multitask.tasks
+    phases = []
+    for t in self.spec.tasks:
+      if t.name not in joint:
+        phases.append(Phase(t.name, t.name, self.total_steps(t.name) if with_data else 0))
+      elif t.name == joint[0]:
+        steps = self._joint_total_steps() if with_data else 0
+        phases.append(Phase("joint", joint[0], steps, tasks=tuple(joint)))
+    return phases
+
+  # -------------------------------------------------------------------------
+  # Joint multi-task training (k4p1.train.joint)
+
+  def task_batch_size(self, name: str) -> int:
+    return self.spec.task(name).batch_size or self.spec.train.batch_size
+
+  def _joint_probabilities(self) -> Optional[dict]:
+    """Each joint task's share of the steps (None for `summed`: every step trains all)."""
+    m = self.spec.multitask
+    if m.step == "summed":
+      return None
+    sampler = self._sampler(total=1)
+    return dict(zip(sampler.tasks, sampler.probabilities(1)))
+
+  def _sampler(self, total: int):
+    from k4p1.train.joint import TaskSampler
+    m = self.spec.multitask
+    return TaskSampler(m.sampler, {t: self.data[t].train.size for t in m.tasks},
+                       seed=self.spec.train.seed, temperature=m.temperature, total_steps=total)
+
+  def _joint_total_steps(self) -> int:
+    from k4p1.train.joint import total_joint_steps
+    m = self.spec.multitask
+    return total_joint_steps(self.spec, {t: self.data[t].train.size for t in m.tasks},
+                             {t: self.task_batch_size(t) for t in m.tasks},
+                             self._joint_probabilities())
+
+  def joint_decay_steps(self, phase: Phase) -> dict:
+    """{task: steps between learning-rate decays}: joint steps when balanced, else its own."""
+    from k4p1.train.joint import epoch_in_joint_steps
+    m, o = self.spec.multitask, self.spec.optimizer
+    probabilities = self._joint_probabilities() or {}
+    if m.balance_lr:
+      longest = max(epoch_in_joint_steps(self.data[t].train.size, self.task_batch_size(t),
+                                         probabilities.get(t, 1.0)) for t in phase.tasks)
+      return {t: max(1, int(round(o.decay_epochs * longest))) for t in phase.tasks}
+    return {t: max(1, int(round(o.decay_epochs * self.data[t].train.size /
+                                self.task_batch_size(t)))) for t in phase.tasks}
+
+  def joint_variables(self, phase: Phase) -> tuple[list, dict, dict]:
+    """(the shared weights some joint task trains, {task: the shared weights it uses},
+    {task: its own learned variables}). A patched layer's base weights are nobody's: the
+    tasks use their own (e.g. every base BN under scale-and-bias patches)."""
+    learnable = self.models.shared_learnable_variables()
+    ids = {id(v) for v in learnable}
+    used = {t: {id(v) for v in self.models.tasks[t].model.variables} for t in phase.tasks}
+    shared_of = {t: [v for v in learnable if id(v) in used[t]] for t in phase.tasks}
+    shared = [v for v in learnable if any(id(v) in used[t] for t in phase.tasks)]
+    own = {t: [v for v in self.models.trainable_variables(t) if id(v) not in ids]
+           for t in phase.tasks}
+    return shared, shared_of, own
+
+  def _build_joint_optimizers(self, phase: Phase):
+    from k4p1.train.joint import JointSchedule
+    spec, o = self.spec, self.spec.optimizer
+    shared, shared_of, own = self.joint_variables(phase)
+    decay = self.joint_decay_steps(phase)
+    step = self.steps[phase.name]
+
+    def optimizer(task, lr):
+      if spec.multitask.balance_lr:
+        schedule = JointSchedule(lr, decay[task], o.decay_rate, step)
+      else:
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            lr, decay_steps=decay[task], decay_rate=o.decay_rate, staircase=True)
+      return make_optimizer(o, lr, 1, schedule=schedule)
+
+    groups = {}
+    if spec.multitask.step == "summed":
+      # The shared weights follow the longest-epoch task's schedule at the global rate.
+      reference = max(phase.tasks, key=lambda t: decay[t])
+      groups[phase.name] = (optimizer(reference, o.lr), shared)
+      for t in phase.tasks:
+        groups[f"{phase.name}__{t}"] = (optimizer(t, spec.task(t).lr or o.lr), own[t])
+    else:
+      for t in phase.tasks:
+        groups[f"{phase.name}__{t}"] = (optimizer(t, spec.task(t).lr or o.lr),
+                                        shared_of[t] + own[t])
+    for key, (opt, variables) in groups.items():
+      if variables:
+        opt.build(variables)
+        self.optimizers[key] = opt
+
+  def _train_joint(self, phase: Phase) -> dict:
+    from k4p1.train.joint import make_summed_step, sizes_text
+    spec, train = self.spec, self.spec.train
+    step_var = self.steps[phase.name]
+    start, total = int(step_var.numpy()), phase.steps
+    if start >= total:
+      logging.info("Joint phase %s already trained (%d/%d steps).", phase.name, start, total)
+      self._joint_stats[phase.name] = {}
+      return {}
+    if start:
+      print(f"Resuming joint training of {', '.join(phase.tasks)} at step {start}/{total}",
+            flush=True)
+    print(sizes_text(self.joint_decay_steps(phase), spec.multitask.balance_lr), flush=True)
+    for t in phase.tasks:  # flags once per phase: every joint task trains, and the shared base
+      self.models.activate(t)
+    for layer in self.models.base.layers:
+      layer.trainable = True
+    shared, shared_of, own = self.joint_variables(phase)
+    models = {t: self.models.tasks[t].model for t in phase.tasks}
+    classes = {t: self.models.tasks[t].num_classes for t in phase.tasks}
+    batches = {t: self.task_batch_size(t) for t in phase.tasks}
+    task_counters = {t: self.steps[f"{phase.name}__{t}"] for t in phase.tasks}
+    seed = train.seed + start
+    if spec.multitask.step == "summed":
+      groups = [(self.optimizers[k], v) for k, v in
+                [(phase.name, shared)] + [(f"{phase.name}__{t}", own[t]) for t in phase.tasks]
+                if k in self.optimizers]
+      step_fn = make_summed_step(
+          self.strategy, models, groups, batches, classes,
+          {t: spec.task(t).loss_weight for t in phase.tasks}, spec.optimizer.label_smoothing,
+          self.task_metrics, [step_var] + list(task_counters.values()))
+      iterator = iter(self._distributed_joint_batches(phase.tasks, seed))
+      run_step = lambda step: step_fn(iterator)  # noqa: E731
+    else:
+      sampler = self._sampler(total)
+      step_fns, iterators = {}, {}
+      for t in phase.tasks:
+        step_fns[t] = make_train_step(
+            self.strategy, models[t], self.optimizers[f"{phase.name}__{t}"], shared_of[t] + own[t],
+            batches[t], classes[t], spec.optimizer.label_smoothing,
+            metrics=self.task_metrics[t], counter=[step_var, task_counters[t]])
+        iterators[t] = iter(self._distributed_batches(t, seed))
+      run_step = lambda step: step_fns[sampler.task(step)](iterators[sampler.task(step)])  # noqa: E731
+    writers = {t: tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", t))
+               if self.is_chief else tf.summary.create_noop_writer() for t in phase.tasks}
+    progress = Progress(total, start, f"train joint ({', '.join(phase.tasks)})", train.progress)
+    for m in self.task_metrics.values():
+      m.read_and_reset()
+    t0, shown = time.time(), {}
+    done_before = {t: int(c.numpy()) for t, c in task_counters.items()}
+    log_every, ckpt_every = max(1, train.log_every), max(1, train.checkpoint_every)
+    for step in range(start + 1, total + 1):
+      run_step(step)
+      if step % log_every == 0 or step == total:
+        for t in phase.tasks:
+          loss, acc, n = self.task_metrics[t].read_and_reset()
+          if n and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"Joint training: task {t}'s loss became {loss} within steps "
+                f"{step - log_every + 1}-{step}. Lower its learning rate.")
+          if n:
+            shown[f"{t}.loss"] = loss
+            with writers[t].as_default(step=step):
+              tf.summary.scalar("train/loss", loss)
+              tf.summary.scalar("train/accuracy", acc)
+      progress.update(step, **shown)
+      if step == total:
+        for t in phase.tasks:  # each task's own BN statistics (shared ones learned from all)
+          owned = {id(v) for v in self.models.task_variables(t)}
+          layers = [l for l in self.models.batch_statistics_layers(t)
+                    if l.weights and all(id(v) in owned for v in l.weights)]
+          self._recompute_statistics(t, train.seed + start, layers)
+      if step % ckpt_every == 0 or step == total:
+        self.manager.save(checkpoint_number=self._checkpoint_number())
+    seconds = time.time() - t0
+    stats = {}
+    for t in phase.tasks:
+      done = int(task_counters[t].numpy())
+      stats[t] = {"train_steps": done, "train_seconds": round(seconds, 2),
+                  "train_images_per_second": round(
+                      (done - done_before[t]) * batches[t] / max(seconds, 1e-9), 2),
+                  "joint_steps": total}
+    self._joint_stats[phase.name] = stats
+    return stats
+
+  def _distributed_joint_batches(self, tasks, seed: int):
+    """Per-replica tuples of one batch per task (a `summed` step's input)."""
+    data = {t: self.data[t] for t in tasks}
+    batches = {t: self.task_batch_size(t) for t in tasks}
+
+    def dataset_fn(context: tf.distribute.InputContext):
+      parts = []
+      for t in tasks:
+        ds = data[t].train_batches(context.get_per_replica_batch_size(batches[t]), seed=seed)
+        if context.num_input_pipelines > 1:
+          ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        parts.append(ds)
+      return tf.data.Dataset.zip(tuple(parts))
+
+    return self.strategy.distribute_datasets_from_function(dataset_fn)
 
   # -------------------------------------------------------------------------
 
@@ -211,6 +418,8 @@ class Trainer:
 
   def train_phase(self, phase: Phase) -> dict:
     """Trains `phase` from its step counter to its total; returns training stats."""
+    if phase.tasks:
+      return self._train_joint(phase)
     name, total = phase.task, phase.steps
     step_var = self.steps[phase.name]
     start = int(step_var.numpy())
@@ -280,10 +489,15 @@ class Trainer:
             "train_images_per_second": round(images / max(seconds, 1e-9), 2)}
 
   def train_task(self, name: str) -> dict:
-    """Trains every phase of task `name`; returns the last phase's stats."""
+    """Trains every phase of task `name` (a joint phase trains all its tasks together);
+    returns the last phase's stats for this task."""
     stats = {}
     for phase in self.phases:
-      if phase.task == name:
+      if phase.tasks and name in phase.tasks:
+        if phase.name not in self._joint_stats:  # trained once, for all of its tasks
+          self.train_phase(phase)
+        stats = self._joint_stats.get(phase.name, {}).get(name, {}) or stats
+      elif phase.task == name and not phase.tasks:
         stats = self.train_phase(phase) or stats
     return stats
 
@@ -311,8 +525,9 @@ class Trainer:
     return int(self.steps[phase.name].numpy()) >= phase.steps
 
   def phase_steps(self, task: str) -> int:
-    """Steps done by the task's phases."""
-    return int(sum(int(self.steps[p.name].numpy()) for p in self.phases if p.task == task))
+    """Steps done by the task's phases (in a joint phase: the steps that trained it)."""
+    return int(sum(int(self.steps[f"{p.name}__{task}" if p.tasks else p.name].numpy())
+                   for p in self.phases if (task in p.tasks if p.tasks else p.task == task)))
 
   def evaluate(self, name: str) -> dict:
     """Accuracy, balanced accuracy, per-class accuracy and mean loss of task `name` on its eval
