@@ -62,9 +62,17 @@ def main(argv):
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(
       "k4p1_runs", os.path.splitext(os.path.basename(config_path.split(":")[0]))[0])
+  from k4p1 import cluster
   try:
-    config_lib.check_paths(config_lib.validate(_CONFIG.value))
+    spec = config_lib.validate(_CONFIG.value)
+    config_lib.check_paths(spec)
+    cluster.check(spec.runtime.strategy)
+    role = cluster.task()
     cli.import_tensorflow()
+    if spec.runtime.strategy == "parameter_server" and role and role[0] in ("worker", "ps"):
+      from k4p1.train.strategies import serve_forever
+      serve_forever(*role)  # the chief's coordinator drives this process until it is stopped
+      return
     from k4p1 import experiment
     experiment.run(_CONFIG.value, workdir, _MODE.value)
   except (K4P1Error, FileNotFoundError) as e:

@@ -9,6 +9,9 @@ ARG: a regime, then options, comma separated:
                    MobileNetV2 0.35 @32 from random weights, a few dozen steps
   sampled          each step trains one task, drawn proportionally to dataset size (default:
                    summed, every step takes a batch of each task and sums the losses)
+  parameter_server asynchronous training on a parameter-server cluster (sampled steps); run
+                   under `python -m k4p1.launch --workers=2 --ps=1 -- python train.py ...`
+  multi_worker_mirrored  synchronous training on every worker (`k4p1.launch --ps=0`)
 
 The Table 4 setup: the trained MobileNetV2 1.0 @160 of $K4P1_DATA_DIR/mobilenet_v2_1.0_160_dogs
 learns CIFAR-10 and Fashion-MNIST jointly at 64x64 (2 epochs of the larger; learning rates
@@ -29,7 +32,7 @@ REGIMES = {
     "last_layer": dict(patch="last_layer"),
     "independent": dict(patch="full,last_layer"),
 }
-OPTIONS = ("smoke", "sampled")
+OPTIONS = ("smoke", "sampled", "parameter_server", "multi_worker_mirrored")
 
 
 def get_config(arg=None):
@@ -62,6 +65,9 @@ def get_config(arg=None):
     c.tasks[name] = task_config(dataset=dataset, epochs=2.0, **REGIMES[regime])
   c.task_order = ",".join(data)
   c.multitask.tasks = ",".join(data)
-  c.multitask.step = "sampled" if "sampled" in parts else "summed"
+  c.multitask.step = "sampled" if {"sampled", "parameter_server"} & set(parts) else "summed"
+  for strategy in ("parameter_server", "multi_worker_mirrored"):
+    if strategy in parts:
+      c.runtime.strategy = strategy
   c.export.mixed_tasks = ",".join(data)
   return c

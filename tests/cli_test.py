@@ -24,7 +24,9 @@ def _without_tensorflow() -> dict:
     with open(os.path.join(shadow, name, "__init__.py"), "w") as f:
       f.write(f"raise ImportError('TEST: {name} was imported before the error')\n")
   path = os.pathsep.join([shadow, REPO_ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-  return {**os.environ, "PYTHONPATH": path}
+  env = {**os.environ, "PYTHONPATH": path}
+  env.pop("TF_CONFIG", None)
+  return env
 
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):
@@ -68,6 +70,10 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
       ("config_argument_key", [f"--config={TRANSFER}:patchh=scale_bias"],
        r"^error: Unknown config argument 'patchh'. Did you mean 'patch'"),
       ("stray_argument", ["params"], r"^error: unexpected arguments \['params'\]"),
+      ("parameter_server_without_cluster",
+       [f"--config={REPO_ROOT}/configs/multitask.py:smoke,parameter_server"],
+       r"^error: runtime.strategy='parameter_server' needs a cluster with chief, worker, ps "
+       r"tasks in TF_CONFIG.*python -m k4p1.launch --workers=2 --ps=1"),
   )
   def test_train_fails_in_one_line_without_tensorflow(self, args, pattern):
     workdir = os.path.join(tempfile.mkdtemp(), "run")

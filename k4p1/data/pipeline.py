@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import tensorflow as tf
 
@@ -19,9 +20,18 @@ from k4p1.config import DatasetSpec
 
 @dataclasses.dataclass
 class Split:
-  """Unbatched (image uint8 HxWxC, label int32) examples and their count."""
-  dataset: tf.data.Dataset
+  """Unbatched (image uint8 HxWxC, label int32) examples and their count.
+
+  `make` builds the dataset each time `dataset` is read, so a dataset function traced for
+  another process (a parameter-server worker) creates its own instead of capturing this
+  process's, which cannot be copied between processes.
+  """
+  make: Callable[[], tf.data.Dataset]
   size: int
+
+  @property
+  def dataset(self) -> tf.data.Dataset:
+    return self.make()
 
 
 @dataclasses.dataclass

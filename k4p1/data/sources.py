@@ -95,7 +95,7 @@ def _from_arrays(images, labels, spec: DatasetSpec, limit: int) -> Split:
   images = np.asarray(images)[mask]
   keep = stratified_subset(labels, limit)
   images, labels = images[keep], labels[keep]
-  return Split(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels))
+  return Split(lambda: tf.data.Dataset.from_tensor_slices((images, labels)), len(labels))
 
 
 def _digits(spec: DatasetSpec):
@@ -233,9 +233,11 @@ def _image_folder_split(root, split, spec, limit, classes_expected=None) -> tupl
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     return image, label
 
-  ds = tf.data.Dataset.from_tensor_slices((files, labels)).map(
-      decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return Split(ds, len(labels)), classes
+  def make():
+    return tf.data.Dataset.from_tensor_slices((files, labels)).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+  return Split(make, len(labels)), classes
 
 
 def _cache_dir() -> str:
@@ -280,35 +282,39 @@ def _tfds(spec: DatasetSpec, data_dir: str, download: bool):
           f"copy the data_dir here; or use a local source (image_folder, arrays, "
           f"cifar10_tarball, fashion_mnist, digits).") from e
 
-  train, info = load(spec.train_split)
-  test, _ = load(spec.eval_split)
+  _, info = load(spec.train_split)  # fails here, clearly, when the data is not prepared
+  load(spec.eval_split)
   label = info.features["label"] if "label" in info.features else None
   names = list(label.names) if label is not None else None
-  return train, test, info, names
+  return (lambda: load(spec.train_split)[0]), (lambda: load(spec.eval_split)[0]), info, names
 
 
-def _tfds_split(ds, split_name, info, spec: DatasetSpec, limit: int) -> Split:
-  if spec.classes:
-    table = np.full(max(spec.classes) + 1, -1, np.int32)
-    for i, c in enumerate(spec.classes):
-      table[c] = i
-    table = tf.constant(table)
-    ds = ds.filter(lambda x, y: tf.reduce_any(tf.equal(tf.cast(y, tf.int32), spec.classes)))
-    ds = ds.map(lambda x, y: (x, tf.gather(table, tf.cast(y, tf.int32))))
-    size = None
-  else:
-    ds = ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+def _tfds_split(load, split_name, info, spec: DatasetSpec, limit: int) -> Split:
+  """A Split of a tfds split; `load()` returns its (image, label) dataset."""
+  def make():
+    ds = load()
+    if spec.classes:
+      table = np.full(max(spec.classes) + 1, -1, np.int32)
+      for i, c in enumerate(spec.classes):
+        table[c] = i
+      table = tf.constant(table)
+      ds = ds.filter(lambda x, y: tf.reduce_any(tf.equal(tf.cast(y, tf.int32), spec.classes)))
+      ds = ds.map(lambda x, y: (x, tf.gather(table, tf.cast(y, tf.int32))))
+    else:
+      ds = ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
+    return ds.take(limit) if limit > 0 else ds
+
+  size = None
+  if not spec.classes:
     try:
       size = int(info.splits[split_name].num_examples)
     except Exception:
       size = None
-  if limit > 0:
-    ds = ds.take(limit)
   if size is None or size == 0:
-    size = int(ds.reduce(0, lambda n, _: n + 1))
+    size = int(make().reduce(0, lambda n, _: n + 1))
   elif limit > 0:
     size = min(size, limit)
-  return Split(ds, size)
+  return Split(make, size)
 
 
 @dataclasses.dataclass(frozen=True)

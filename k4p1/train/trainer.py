@@ -40,7 +40,7 @@ from k4p1.config import ExperimentSpec
 from k4p1.model import TaskModels, recompute_batch_statistics
 from k4p1.train.optimizers import make_optimizer
 from k4p1.train.steps import StepMetrics, make_train_step
-from k4p1.train.strategies import is_chief, make_strategy
+from k4p1.train.strategies import is_chief, is_parameter_server, make_strategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +110,11 @@ class Trainer:
     self.workdir = workdir
     self.strategy = make_strategy(spec.runtime)
     self.is_chief = is_chief(self.strategy)
+    # Parameter-server training: the chief schedules steps on the workers through a
+    # coordinator; learning rates follow k4p1's own step counters (Keras's optimizer
+    # `iterations` loses increments under concurrent workers: docs/parameter_server_notes.md).
+    self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy) \
+        if is_parameter_server(self.strategy) else None
     self.data: dict[str, data_lib.TaskData] = {}
     d = spec.data
     with self.strategy.scope():
@@ -151,7 +156,14 @@ class Trainer:
           for key, variables, rate in ((phase.name, body, lr),
                                        (f"{phase.name}__head", head, task.head_lr)):
             if variables:  # none: e.g. bn_stats without last_layer (statistics only)
-              opt = make_optimizer(spec.optimizer, rate, self.steps_per_epoch(phase.task))
+              schedule = None
+              if self.coordinator is not None:
+                from k4p1.train.joint import JointSchedule
+                schedule = JointSchedule(rate, spec.optimizer.decay_epochs *
+                                         self.steps_per_epoch(phase.task),
+                                         spec.optimizer.decay_rate, self.steps[phase.name])
+              opt = make_optimizer(spec.optimizer, rate, self.steps_per_epoch(phase.task),
+                                   schedule=schedule)
               opt.build(variables)
               self.optimizers[key] = opt
     root = tf.Module()
@@ -241,6 +253,10 @@ class Trainer:
     def optimizer(task, lr):
       if spec.multitask.balance_lr:
         schedule = JointSchedule(lr, decay[task], o.decay_rate, step)
+      elif self.coordinator is not None:  # the task's own steps, from k4p1's exact counter
+        counter = step if spec.multitask.step == "summed" else \
+            self.steps[f"{phase.name}__{task}"]
+        schedule = JointSchedule(lr, decay[task], o.decay_rate, counter)
       else:
         schedule = keras.optimizers.schedules.ExponentialDecay(
             lr, decay_steps=decay[task], decay_rate=o.decay_rate, staircase=True)
@@ -294,7 +310,7 @@ class Trainer:
           {t: spec.task(t).loss_weight for t in phase.tasks}, spec.optimizer.label_smoothing,
           self.task_metrics, [step_var] + list(task_counters.values()))
       iterator = iter(self._distributed_joint_batches(phase.tasks, seed))
-      run_step = lambda step: step_fn(iterator)  # noqa: E731
+      run_step = lambda step: self._run(step_fn, iterator)  # noqa: E731
     else:
       sampler = self._sampler(total)
       step_fns, iterators = {}, {}
@@ -304,7 +320,8 @@ class Trainer:
             batches[t], classes[t], spec.optimizer.label_smoothing,
             metrics=self.task_metrics[t], counter=[step_var, task_counters[t]])
         iterators[t] = iter(self._distributed_batches(t, seed))
-      run_step = lambda step: step_fns[sampler.task(step)](iterators[sampler.task(step)])  # noqa: E731
+      run_step = lambda step: self._run(step_fns[sampler.task(step)],  # noqa: E731
+                                        iterators[sampler.task(step)])
     writers = {t: tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", t))
                if self.is_chief else tf.summary.create_noop_writer() for t in phase.tasks}
     progress = Progress(total, start, f"train joint ({', '.join(phase.tasks)})", train.progress)
@@ -316,6 +333,7 @@ class Trainer:
     for step in range(start + 1, total + 1):
       run_step(step)
       if step % log_every == 0 or step == total:
+        self._sync()
         for t in phase.tasks:
           loss, acc, n = self.task_metrics[t].read_and_reset()
           if n and not math.isfinite(loss):
@@ -335,6 +353,7 @@ class Trainer:
                     if l.weights and all(id(v) in owned for v in l.weights)]
           self._recompute_statistics(t, train.seed + start, layers)
       if step % ckpt_every == 0 or step == total:
+        self._sync()
         self.manager.save(checkpoint_number=self._checkpoint_number())
     seconds = time.time() - t0
     stats = {}
@@ -361,7 +380,7 @@ class Trainer:
         parts.append(ds)
       return tf.data.Dataset.zip(tuple(parts))
 
-    return self.strategy.distribute_datasets_from_function(dataset_fn)
+    return self._per_worker(self.strategy.distribute_datasets_from_function(dataset_fn))
 
   # -------------------------------------------------------------------------
 
@@ -414,7 +433,23 @@ class Trainer:
       return ds.shard(context.num_input_pipelines, context.input_pipeline_id) \
           if context.num_input_pipelines > 1 else ds
 
-    return self.strategy.distribute_datasets_from_function(dataset_fn)
+    return self._per_worker(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+  def _per_worker(self, dataset):
+    """A dataset as the step reads it: per worker under a parameter-server coordinator."""
+    return self.coordinator.create_per_worker_dataset(dataset) if self.coordinator else dataset
+
+  def _run(self, step_fn, iterator):
+    """Runs one step: here, or scheduled on a worker by the parameter-server coordinator."""
+    if self.coordinator is not None:
+      self.coordinator.schedule(step_fn, args=(iterator,))
+    else:
+      step_fn(iterator)
+
+  def _sync(self):
+    """Waits for every scheduled step (before reading metrics or writing a checkpoint)."""
+    if self.coordinator is not None:
+      self.coordinator.join()
 
   def train_phase(self, phase: Phase) -> dict:
     """Trains `phase` from its step counter to its total; returns training stats."""
@@ -465,8 +500,9 @@ class Trainer:
     ckpt_every = max(1, train.checkpoint_every)
     shown = {}
     for step in range(start + 1, total + 1):
-      step_fn(iterator)
+      self._run(step_fn, iterator)
       if step % log_every == 0 or step == total:
+        self._sync()
         loss, acc, _ = self.metrics.read_and_reset()  # the one host sync per log_every steps
         if not math.isfinite(loss):
           raise FloatingPointError(
@@ -482,6 +518,7 @@ class Trainer:
       if step == total:
         self._recompute_statistics(name, train.seed + start)
       if step % ckpt_every == 0 or step == total:
+        self._sync()
         self.manager.save(checkpoint_number=self._checkpoint_number())
     seconds = time.time() - t0
     images = (total - start) * train.batch_size

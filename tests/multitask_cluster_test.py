@@ -1,0 +1,87 @@
+"""Joint multi-task training on a local parameter-server cluster started by k4p1.launch.
+
+A tf.distribute.Server listens on every interface whatever its address says, so the cluster runs
+inside a private network namespace (`unshare --net`, only loopback) and the test is skipped
+where that is not available (docs/parameter_server_notes.md).
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import tensorflow as tf
+
+from k4p1.testing import REPO_ROOT
+
+UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
+
+
+def _private_network_available() -> bool:
+  if shutil.which("unshare") is None or shutil.which("ip") is None:
+    return False
+  try:
+    return subprocess.run(UNSHARE + ["true"], capture_output=True, timeout=30).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.large  # ~80 s: four TensorFlow processes on 2 cores
+class ParameterServerTrainingTest(tf.test.TestCase):
+
+  def test_joint_training_on_a_local_parameter_server_cluster(self):
+    if not _private_network_available():
+      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace), so "
+                    "that the cluster's servers are reachable from loopback only")
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    self.addCleanup(shutil.rmtree, os.path.dirname(workdir), True)
+    script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch --workers=2 --ps=1 "
+              f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
+              f"--config=configs/multitask.py:smoke,parameter_server --workdir={workdir} "
+              f"--config.train.progress=false")
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+      out, _ = proc.communicate(timeout=500)
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    self.assertEqual(proc.returncode, 0, out[-4000:])
+    self.assertIn("[launch] chief exited with status 0", out)
+    for job in ("[worker 0]", "[worker 1]", "[ps 0]"):
+      self.assertIn(f"{job} {job[1:-1]}: serving grpc://127.0.0.1:", out)
+    pids = [int(p) for p in re.findall(r"\]=(\d+)", out.split("pids", 1)[1].splitlines()[0])]
+    self.assertLen(pids, 4)
+    for pid in pids:
+      self.assertFalse(_alive(pid), f"process {pid} outlived the launcher")
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      rows = json.load(f)["tasks"]
+    # Every scheduled step ran exactly once, counted by k4p1's own counters on the ps.
+    self.assertEqual([r["joint_steps"] for r in rows], [40, 40])
+    self.assertEqual(sum(r["steps_done"] for r in rows), 40)
+    for r in rows:
+      self.assertGreater(r["steps_done"], 0)
+      self.assertBetween(r["accuracy"], 0.0, 1.0)
+    self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb")))
+    self.assertTrue(os.path.exists(os.path.join(workdir, "base.weights.h5")))
+
+
+if __name__ == "__main__":
+  tf.test.main()
