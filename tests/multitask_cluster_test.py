@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -81,6 +82,55 @@ class ParameterServerTrainingTest(tf.test.TestCase):
       self.assertBetween(r["accuracy"], 0.0, 1.0)
     self.assertTrue(os.path.exists(os.path.join(workdir, "saved_model", "saved_model.pb")))
     self.assertTrue(os.path.exists(os.path.join(workdir, "base.weights.h5")))
+
+
+@pytest.mark.large  # ~90 s: one single-process run, one run of two synchronous processes
+class MultiWorkerMirroredTest(tf.test.TestCase):
+
+  def test_two_workers_give_the_single_process_result(self):
+    if not _private_network_available():
+      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace)")
+    from k4p1.export.patch_files import read_patch
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, True)
+    # Frozen statistics: batch statistics are per replica (4 images) under a 2-replica strategy
+    # and over the global batch (8) in one process, so only frozen statistics can agree.
+    common = ["--config.multitask.steps=6", "--config.train.batch_size=8",
+              "--config.train.progress=false", "--config.export.enabled=false",
+              "--config.tasks.digits_0_4.statistics=frozen",
+              "--config.tasks.digits_5_9.statistics=frozen",
+              "--config.train.bn_recompute_batches=0"]
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    env.pop("TF_CONFIG", None)
+    single = os.path.join(root, "single")
+    out = subprocess.run([sys.executable, "train.py", "--config=configs/multitask.py:smoke",
+                          f"--workdir={single}", *common], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=400)
+    self.assertEqual(out.returncode, 0, out.stderr[-3000:])
+    multi = os.path.join(root, "multi")
+    script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch --workers=1 --ps=0 "
+              f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
+              f"--config=configs/multitask.py:smoke,multi_worker_mirrored --workdir={multi} "
+              + " ".join(common))
+    proc = subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+      log, _ = proc.communicate(timeout=500)
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    self.assertEqual(proc.returncode, 0, log[-4000:])
+    for task in ("digits_0_4", "digits_5_9"):
+      _, a = read_patch(os.path.join(single, "patches", f"{task}.k4p1.npz"))
+      _, b = read_patch(os.path.join(multi, "patches", f"{task}.k4p1.npz"))
+      self.assertEqual(set(a), set(b))
+      # Training moved the patch (a random base's BN gammas start at 1).
+      self.assertGreater(max(float(np.abs(a[k] - 1).max()) for k in a if "gamma" in k), 1e-3)
+      moved = max(float(np.abs(a[k]).max()) for k in a if "gamma" in k or "kernel" in k)
+      for key in a:  # cross-replica sums add in another order: a small tolerance
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-4 * moved, err_msg=key)
 
 
 if __name__ == "__main__":
