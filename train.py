@@ -74,7 +74,15 @@ def main(argv):
       serve_forever(*role)  # the chief's coordinator drives this process until it is stopped
       return
     from k4p1 import experiment
-    experiment.run(_CONFIG.value, workdir, _MODE.value)
+    import tensorflow as tf
+    try:
+      experiment.run(_CONFIG.value, workdir, _MODE.value)
+    except tf.errors.UnavailableError as e:  # a parameter server (or a peer) went away
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      who = "a parameter server" if "ps" in str(e) or "PSUnavailable" in type(e).__name__ \
+          else "a task of the cluster"
+      cli.fail(f"{who} stopped responding ({type(e).__name__}: {first[:300]}). Training stops: "
+               f"rerun the same command to resume from the last checkpoint in {workdir}.")
   except (K4P1Error, FileNotFoundError) as e:
     cli.fail(str(e))
 

@@ -84,6 +84,88 @@ class ParameterServerTrainingTest(tf.test.TestCase):
     self.assertTrue(os.path.exists(os.path.join(workdir, "base.weights.h5")))
 
 
+def _launch(args: str, workdir: str, steps: int):
+  """Starts a launcher running the multitask smoke on a parameter-server cluster."""
+  script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch {args} "
+            f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
+            f"--config=configs/multitask.py:smoke,parameter_server --workdir={workdir} "
+            f"--config.train.progress=false --config.multitask.steps={steps} "
+            f"--config.train.checkpoint_every=20 --config.export.enabled=false")
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  env.pop("TF_CONFIG", None)
+  return subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+
+
+@pytest.mark.large  # ~2 minutes: parameter-server runs with a process killed on purpose
+class FaultTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    if not _private_network_available():
+      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace)")
+    self.root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.root, True)
+
+  def _run_killing(self, victim: str, workdir: str, steps: int):
+    """Runs the launcher; once a checkpoint exists, SIGKILLs `victim`; returns (code, log)."""
+    import threading
+    import time
+    proc = _launch("--workers=2 --ps=1 --max_restarts=2", workdir, steps)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+      deadline = time.time() + 300
+      state = os.path.join(workdir, "checkpoints", "checkpoint")
+      while not os.path.exists(state) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+      self.assertTrue(os.path.exists(state), "".join(lines)[-3000:])
+      pids = dict(re.findall(r"(\[[a-z]+(?: \d)?\])=(\d+)", "".join(lines)))
+      os.kill(int(pids[victim]), signal.SIGKILL)  # a process this test's launcher started
+      proc.wait(timeout=400)
+    finally:
+      if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+      reader.join(timeout=10)
+    return proc.returncode, "".join(lines)
+
+  def test_a_killed_worker_is_restarted_and_training_completes(self):
+    workdir = os.path.join(self.root, "run")
+    code, log = self._run_killing("[worker 1]", workdir, steps=160)
+    self.assertEqual(code, 0, log[-4000:])
+    self.assertIn("[launch] [worker 1] exited with status -9: restarting it (1/2)", log)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+      rows = json.load(f)["tasks"]
+    # Every scheduled step ran; a step whose worker died after applying its update but before
+    # replying is run again by the coordinator, so a task may count one step more.
+    done = sum(r["steps_done"] for r in rows)
+    self.assertBetween(done, 160, 161)
+
+  def test_a_killed_chief_loses_nothing_beyond_its_last_checkpoint(self):
+    workdir = os.path.join(self.root, "run")
+    code, log = self._run_killing("[chief]", workdir, steps=400)
+    self.assertNotEqual(code, 0, log[-3000:])
+    self.assertIn("[launch] chief exited with status -9", log)
+    proc = _launch("--workers=2 --ps=1", workdir, steps=60)  # a shorter run: resume, finish
+    out, _ = proc.communicate(timeout=500)
+    self.assertEqual(proc.returncode, 0, out[-4000:])
+    self.assertRegex(out, r"Resuming joint training of digits_0_4, digits_5_9 at step [1-9]")
+
+  def test_a_killed_parameter_server_stops_the_chief_and_a_rerun_resumes(self):
+    workdir = os.path.join(self.root, "run")
+    code, log = self._run_killing("[ps 0]", workdir, steps=400)
+    self.assertNotEqual(code, 0, log[-3000:])
+    self.assertIn("error: a parameter server", log)
+    self.assertNotIn("Traceback", log)
+    proc = _launch("--workers=2 --ps=1", workdir, steps=400)
+    out, _ = proc.communicate(timeout=500)
+    self.assertEqual(proc.returncode, 0, out[-4000:])
+    self.assertRegex(out, r"Resuming joint training of digits_0_4, digits_5_9 at step [1-9]")
+
+
 @pytest.mark.large  # ~90 s: one single-process run, one run of two synchronous processes
 class MultiWorkerMirroredTest(tf.test.TestCase):
 
