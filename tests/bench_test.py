@@ -112,6 +112,14 @@ class BenchSmokeTest(tf.test.TestCase):
       self.assertGreater(v["bytes"], 10_000)
     self.assertLess(row["variants"]["int8"]["bytes"], row["variants"]["float32"]["bytes"] / 2)
 
+  def test_multitask_throughput_smoke(self):
+    result = self._run_smoke("multitask_throughput.py")
+    self.assertEqual([r["setup"] for r in result["results"]], ["single", "ps_1_worker"])
+    for r in result["results"]:
+      self.assertGreater(r["images_per_second"], 0)
+      self.assertEqual(sum(r["steps_done"].values()), 10)  # sampled: one task per joint step
+    self.assertEqual(result["results"][0]["ratio_to_single"], 1.0)
+
   def test_folding_figure(self):
     out_dir = tempfile.mkdtemp()
     out = subprocess.run(
