@@ -67,6 +67,7 @@ def main(argv):
     spec = config_lib.validate(_CONFIG.value)
     config_lib.check_paths(spec)
     cluster.check(spec.runtime.strategy)
+    cluster.check_workers(spec.runtime.strategy, spec.multitask.workers)
     role = cluster.task()
     cli.import_tensorflow()
     if spec.runtime.strategy == "parameter_server" and role and role[0] in ("worker", "ps"):

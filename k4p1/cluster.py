@@ -61,3 +61,14 @@ def check(strategy: str):
   t = config.get("task", {})
   if t.get("type") not in cluster or not 0 <= int(t.get("index", -1)) < len(cluster[t["type"]]):
     raise ConfigError(f"TF_CONFIG's task {t} is not a task of its cluster {sorted(cluster)}.")
+
+
+def check_workers(strategy: str, workers: tuple):
+  """Under a parameter-server cluster, `multitask.workers` must account for every worker."""
+  if strategy != "parameter_server" or not workers:
+    return
+  assigned, present = sum(n for _, n in workers), num_workers()
+  if assigned != present:
+    raise ConfigError(f"multitask.workers assigns {assigned} workers "
+                      f"({', '.join(f'{t}:{n}' for t, n in workers)}) but the cluster has "
+                      f"{present}: make them equal (k4p1.launch --workers={assigned}).")

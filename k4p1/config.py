@@ -181,6 +181,9 @@ def base_config() -> ml_collections.ConfigDict:
       temperature=2.0,          # annealed sampler: the starting temperature (1 = proportional)
       steps=0,                  # joint steps; 0: the largest task's `epochs` (or `steps`)
       balance_lr=True,          # the paper's learning-rate balancing (see k4p1.train.joint)
+      workers="",               # workers per task, e.g. 'cifar10:2,fashion_mnist:1': sampled
+                                # steps go to each task in proportion to its workers (the
+                                # paper's workers assigned to tasks); '' = use `sampler`
   ))
   c.export = ml_collections.ConfigDict(dict(
       enabled=True,             # export a SavedModel at the end of --mode=train
@@ -295,6 +298,7 @@ class MultitaskSpec:
   temperature: float = 2.0
   steps: int = 0
   balance_lr: bool = True
+  workers: tuple = ()        # ((task, count), ...) in task order; () = use `sampler`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -680,7 +684,32 @@ def _multitask(config, names: list[str]) -> MultitaskSpec:
   if m.temperature <= 0 or m.steps < 0:
     raise ConfigError(f"multitask.temperature must be > 0 and multitask.steps >= 0. Received: "
                       f"temperature={m.temperature}, steps={m.steps}")
-  return _section(MultitaskSpec, m, "multitask", tasks=tuple(joint))
+  workers = _workers(m.get("workers", ""), joint)
+  if workers and m.step != "sampled":
+    raise ConfigError("multitask.workers assigns workers to tasks, which needs "
+                      "multitask.step='sampled' (a summed step trains every task at once).")
+  return _section(MultitaskSpec, m, "multitask", tasks=tuple(joint), workers=workers)
+
+
+def _workers(text: str, joint: list[str]) -> tuple:
+  """'a:2,b:1' -> (('a', 2), ('b', 1)): every joint task at least one worker, no other task."""
+  if not str(text).strip():
+    return ()
+  counts = {}
+  for item in _names(text):
+    task, colon, count = item.partition(":")
+    if not colon or not count.strip().isdigit():
+      raise ConfigError(f"multitask.workers: write task:count pairs, e.g. "
+                        f"'{joint[0] if joint else 'a'}:2'. Received: {text!r}")
+    if task not in joint:
+      raise ConfigError(f"multitask.workers names '{task}', which is not a joint task."
+                        f"{_did_you_mean(task, joint)} Joint tasks: {', '.join(joint)}")
+    counts[task] = int(count)
+  idle = [t for t in joint if counts.get(t, 0) < 1]
+  if idle:
+    raise ConfigError(f"multitask.workers leaves {idle} with no worker: give every joint task "
+                      f"at least one. Received: {text!r}")
+  return tuple((t, counts[t]) for t in joint)
 
 
 def _names(text: str) -> list[str]:

@@ -90,6 +90,10 @@ class SamplerAndScheduleTest(tf.test.TestCase):
     self.assertEqual(draws, [proportional.task(s) for s in range(1, 4001)])  # resumable
     self.assertEqual([TaskSampler("round_robin", sizes).task(s) for s in range(1, 5)],
                      ["big", "small", "big", "small"])
+    by_workers = TaskSampler("workers", sizes, workers={"big": 1, "small": 2})
+    self.assertEqual([by_workers.task(s) for s in range(1, 7)],
+                     ["big", "small", "small", "big", "small", "small"])
+    self.assertAllClose(by_workers.probabilities(), [1 / 3, 2 / 3])
     annealed = TaskSampler("annealed", sizes, temperature=4.0, total_steps=100)
     self.assertAllClose(annealed.probabilities(1), np.array([3 ** 0.25, 1]) / (3 ** 0.25 + 1))
     self.assertAllClose(annealed.probabilities(101), [0.75, 0.25])  # ends proportional
@@ -164,6 +168,19 @@ class JointTrainingTest(tf.test.TestCase):
     config.multitask.sampler = "proportionnal"
     with self.assertRaisesRegex(config_lib.ConfigError, "Did you mean 'proportional'"):
       config_lib.validate(config)
+    for workers, step, message in (
+        ("base:1,cars:1", "sampled", "names 'cars', which is not a joint task"),
+        ("base:2", "sampled", r"leaves \['patched'\] with no worker"),
+        ("base=1,patched=1", "sampled", "write task:count pairs"),
+        ("base:1,patched:1", "summed", "needs multitask.step='sampled'")):
+      config = _joint_config(step)
+      config.multitask.workers = workers
+      with self.assertRaisesRegex(config_lib.ConfigError, message):
+        config_lib.validate(config)
+    config = _joint_config("sampled")
+    config.multitask.workers = "base:1,patched:2"
+    self.assertEqual(config_lib.validate(config).multitask.workers,
+                     (("base", 1), ("patched", 2)))
 
   def test_multitask_config_regimes(self):
     module = config_lib.load_module(MULTITASK)

@@ -38,20 +38,26 @@ class TaskSampler:
   """Which task a `sampled` step trains; a pure function of (seed, step), so resumable.
 
   Args:
-    kind: 'round_robin', 'proportional' (to `sizes`) or 'annealed' (probabilities proportional
-      to size ** (1 / T), T falling linearly from `temperature` to 1 over `total_steps`).
+    kind: 'round_robin', 'proportional' (to `sizes`), 'annealed' (probabilities proportional
+      to size ** (1 / T), T falling linearly from `temperature` to 1 over `total_steps`) or
+      'workers' (a weighted round robin: each task gets steps in proportion to `workers`).
     sizes: {task: training examples}, in task order.
+    workers: {task: workers assigned to it}, for 'workers'.
   """
 
   def __init__(self, kind: str, sizes: dict, seed: int = 0, temperature: float = 2.0,
-               total_steps: int = 1):
+               total_steps: int = 1, workers: Optional[dict] = None):
     self.kind, self.tasks = kind, list(sizes)
     self.sizes = np.array([float(sizes[t]) for t in self.tasks])
+    # One cycle of the weighted round robin: every task as many times as it has workers.
+    self.cycle = [t for t in self.tasks for _ in range((workers or {}).get(t, 1))]
     self.seed, self.temperature, self.total_steps = seed, temperature, max(1, total_steps)
 
   def probabilities(self, step: int = 1) -> np.ndarray:
     if self.kind == "round_robin":
       return np.full(len(self.tasks), 1.0 / len(self.tasks))
+    if self.kind == "workers":
+      return np.array([self.cycle.count(t) / len(self.cycle) for t in self.tasks])
     power = 1.0
     if self.kind == "annealed":
       t = self.temperature + (1.0 - self.temperature) * min(1.0, (step - 1) / self.total_steps)
@@ -63,6 +69,8 @@ class TaskSampler:
     """The task of joint step `step` (1-based)."""
     if self.kind == "round_robin":
       return self.tasks[(step - 1) % len(self.tasks)]
+    if self.kind == "workers":
+      return self.cycle[(step - 1) % len(self.cycle)]
     u = np.random.RandomState([self.seed % (2 ** 31), step]).uniform()
     return self.tasks[int(np.searchsorted(np.cumsum(self.probabilities(step)), u, side="right")
                           .clip(0, len(self.tasks) - 1))]

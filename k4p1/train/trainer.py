@@ -208,8 +208,10 @@ class Trainer:
   def _sampler(self, total: int):
     from k4p1.train.joint import TaskSampler
     m = self.spec.multitask
-    return TaskSampler(m.sampler, {t: self.data[t].train.size for t in m.tasks},
-                       seed=self.spec.train.seed, temperature=m.temperature, total_steps=total)
+    return TaskSampler("workers" if m.workers else m.sampler,
+                       {t: self.data[t].train.size for t in m.tasks},
+                       seed=self.spec.train.seed, temperature=m.temperature, total_steps=total,
+                       workers=dict(m.workers))
 
   def _joint_total_steps(self) -> int:
     from k4p1.train.joint import total_joint_steps
