@@ -41,6 +41,7 @@ def transfer_labels(p):
 
 def main(argv):
   del argv
+  machine = common.machine()  # the load average before measuring
   import keras
   import numpy as np
   import tensorflow as tf
@@ -133,7 +134,7 @@ def main(argv):
 
   common.write_result(os.path.join(_OUT_DIR.value, "appendix_a.json"), json.loads(json.dumps(
       {"experiment": "appendix_a_2d", "smoke": _SMOKE.value, "config": cfg.to_dict(),
-       **common.machine(), "results": results}, default=list)))
+       **machine, "results": results}, default=list)))
 
   import matplotlib
   matplotlib.use("Agg")

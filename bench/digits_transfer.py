@@ -32,6 +32,7 @@ def _config(smoke):
 def main(argv):
   del argv
   from k4p1 import experiment
+  machine = common.machine()  # the load average before measuring
   seeds = [0] if _SMOKE.value else [int(s) for s in _SEEDS.value.split(",")]
   runs = []
   for seed in seeds:
@@ -56,7 +57,7 @@ def main(argv):
     accs = [run["tasks"][task]["accuracy"] for run in runs]
     summary[task] = {"mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs)}
   out = {"benchmark": "digits_transfer", "config": "configs/digits.py", "smoke": _SMOKE.value,
-         **common.machine(), "seeds": seeds, "summary": summary, "runs": runs}
+         **machine, "seeds": seeds, "summary": summary, "runs": runs}
   common.write_result(_OUT.value, out, quiet=True)
   print(f"\n{'task':<26}{'mean':>8}{'min':>8}{'max':>8}   ({len(seeds)} seeds)")
   for task, s in summary.items():

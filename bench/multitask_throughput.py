@@ -83,6 +83,7 @@ def run_setup(name: str, steps: int, workdir: str, private: bool) -> dict:
 def main(argv):
   del argv
   common.warn_if_busy()
+  machine = common.machine()  # the load average before this benchmark's own processes
   private = _private_network()
   if not private:
     print("warning: no private network namespace (unshare --net): the cluster's servers "
@@ -103,7 +104,7 @@ def main(argv):
   for row in rows:
     row["ratio_to_single"] = round(row["images_per_second"] / base, 3)
   common.write_result(_OUT.value, {"benchmark": "multitask_throughput", "smoke": _SMOKE.value,
-                                   **common.machine(), "private_network": private,
+                                   **machine, "private_network": private,
                                    "results": rows})
 
 

@@ -47,6 +47,7 @@ def main(argv):
   from k4p1.export import patch_files, tflite
   from k4p1.data import load_task_data
 
+  machine = common.machine()  # the load average before measuring
   workdir, tmp = _WORKDIR.value, None
   if _SMOKE.value and not _WORKDIR.present:
     tmp = tempfile.mkdtemp()
@@ -111,7 +112,7 @@ def main(argv):
     out = {"benchmark": "tflite_accuracy", "workdir": workdir, "smoke": _SMOKE.value,
            "backbone": models.base.name, "qat": have_tfmot and _QAT_STEPS.value > 0
            and not _SMOKE.value, "qat_steps": _QAT_STEPS.value, "results": rows,
-           "sizes_bytes": sizes, **common.machine()}
+           "sizes_bytes": sizes, **machine}
     common.write_result(_OUT.value, out)
   finally:
     if tmp:
