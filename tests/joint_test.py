@@ -156,6 +156,18 @@ class JointTrainingTest(tf.test.TestCase):
     again = Trainer(experiment.resolve(config), self.workdir)
     self.assertTrue(again.restore())
     self.assertTrue(again.phase_done(again.phases[0]))
+    # What deploy.py rebuilds from the run (the jointly trained base + each task's patch file)
+    # computes what the trained task models compute.
+    from k4p1.export.patch_files import assemble
+    patches = sorted(os.path.join(self.workdir, "patches", p)
+                     for p in os.listdir(os.path.join(self.workdir, "patches")))
+    deployed = assemble(again.spec.backbone, patches,
+                        os.path.join(self.workdir, "base.weights.h5"))
+    x = random_images(4)
+    for task in ("base", "patched"):
+      self.assertAllClose(deployed.tasks[task].model(x, training=False),
+                          again.models.tasks[task].model(x, training=False),
+                          rtol=1e-4, atol=1e-5)
 
   def test_bad_multitask_configs(self):
     for tasks, message in (("base,base", "more than once"), ("base", "at least two tasks"),
