@@ -30,6 +30,8 @@ import common  # noqa: E402,F401  (puts the repository on the import path)
 
 from absl import app, flags  # noqa: E402
 
+from k4p1 import launch as launch_lib  # noqa: E402
+
 _OUT = flags.DEFINE_string("out", "bench/results/multitask_throughput.json", "Result JSON.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Joint steps per run.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "10 steps, single and ps_1_worker only.")
@@ -40,15 +42,6 @@ SETUPS = {
     "ps_1_worker": ("--workers=1 --ps=1", "parameter_server"),
     "ps_2_workers": ("--workers=2 --ps=1", "parameter_server"),
 }
-UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
-
-
-def _private_network() -> bool:
-  if shutil.which("unshare") is None or shutil.which("ip") is None:
-    return False
-  return subprocess.run(UNSHARE + ["true"], capture_output=True, timeout=30).returncode == 0
-
-
 def run_setup(name: str, steps: int, workdir: str, private: bool) -> dict:
   launch, option = SETUPS[name]
   train = [sys.executable, "train.py", f"--config=configs/multitask.py:smoke,{option}",
@@ -60,8 +53,7 @@ def run_setup(name: str, steps: int, workdir: str, private: bool) -> dict:
   if launch:
     command = " ".join([sys.executable, "-m", "k4p1.launch", launch, "--grace_seconds=5",
                         "--timeout=1800", "--"] + train)
-    cmd = UNSHARE + ["sh", "-c", f"ip link set lo up && exec {command}"] if private else \
-        ["sh", "-c", command]
+    cmd = launch_lib.in_private_network(command) if private else ["sh", "-c", command]
   else:
     cmd = train
   start = time.time()
@@ -84,7 +76,7 @@ def main(argv):
   del argv
   common.warn_if_busy()
   machine = common.machine()  # the load average before this benchmark's own processes
-  private = _private_network()
+  private = launch_lib.private_network_available()
   if not private:
     print("warning: no private network namespace (unshare --net): the cluster's servers "
           "listen on every interface of this machine while the benchmark runs.",

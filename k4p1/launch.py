@@ -24,12 +24,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+
+
+# A tf.distribute.Server listens on every interface whatever address its cluster names; tests
+# and benchmarks run local clusters in a network namespace with loopback only.
+PRIVATE_NETWORK = ("unshare", "--user", "--map-root-user", "--net")
+
+
+def private_network_available(with_ip: bool = True) -> bool:
+  """Whether `PRIVATE_NETWORK` works here (and `ip`, which brings its loopback up)."""
+  if shutil.which("unshare") is None or (with_ip and shutil.which("ip") is None):
+    return False
+  try:
+    return subprocess.run(list(PRIVATE_NETWORK) + ["true"], capture_output=True,
+                          timeout=30).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+def in_private_network(command: str) -> list[str]:
+  """argv running the shell `command` in a new network namespace with only loopback, up."""
+  return list(PRIVATE_NETWORK) + ["sh", "-c", f"ip link set lo up && exec {command}"]
 
 
 def free_ports(n: int) -> list[int]:

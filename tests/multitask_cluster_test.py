@@ -18,18 +18,35 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from k4p1.launch import in_private_network, private_network_available
 from k4p1.testing import REPO_ROOT
 
-UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
+SKIP = ("needs `unshare --user --net` and `ip` (a private network namespace), so that the "
+        "cluster's servers are reachable from loopback only")
 
 
-def _private_network_available() -> bool:
-  if shutil.which("unshare") is None or shutil.which("ip") is None:
-    return False
+def _launch(launch_args: str, config: str, workdir: str, *train_args: str):
+  """Starts `k4p1.launch LAUNCH_ARGS -- train.py` in a private network namespace."""
+  command = " ".join([sys.executable, "-m", "k4p1.launch", launch_args, "--grace_seconds=5",
+                      "--timeout=400", "--", sys.executable, "train.py",
+                      f"--config=configs/multitask.py:{config}", f"--workdir={workdir}",
+                      "--config.train.progress=false", *train_args])
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  env.pop("TF_CONFIG", None)
+  return subprocess.Popen(in_private_network(command), cwd=REPO_ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+
+
+def _finish(proc, timeout: float = 500) -> str:
+  """Waits for a launcher; kills its process group if it overruns; returns its output."""
   try:
-    return subprocess.run(UNSHARE + ["true"], capture_output=True, timeout=30).returncode == 0
-  except (OSError, subprocess.SubprocessError):
-    return False
+    out, _ = proc.communicate(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)  # the session this test's Popen created
+      proc.wait()
+  return out
 
 
 def _alive(pid: int) -> bool:
@@ -44,27 +61,13 @@ def _alive(pid: int) -> bool:
 class ParameterServerTrainingTest(tf.test.TestCase):
 
   def test_joint_training_on_a_local_parameter_server_cluster(self):
-    if not _private_network_available():
-      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace), so "
-                    "that the cluster's servers are reachable from loopback only")
+    if not private_network_available():
+      self.skipTest(SKIP)
     workdir = os.path.join(tempfile.mkdtemp(), "run")
     self.addCleanup(shutil.rmtree, os.path.dirname(workdir), True)
-    script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch --workers=2 --ps=1 "
-              f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
-              f"--config=configs/multitask.py:smoke,parameter_server --workdir={workdir} "
-              f"--config.train.progress=false "
-              f"--config.multitask.workers=digits_0_4:1,digits_5_9:1")
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-      out, _ = proc.communicate(timeout=500)
-    finally:
-      if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = _launch("--workers=2 --ps=1", "smoke,parameter_server", workdir,
+                   "--config.multitask.workers=digits_0_4:1,digits_5_9:1")
+    out = _finish(proc)
     self.assertEqual(proc.returncode, 0, out[-4000:])
     self.assertIn("[launch] chief exited with status 0", out)
     for job in ("[worker 0]", "[worker 1]", "[ps 0]"):
@@ -85,18 +88,11 @@ class ParameterServerTrainingTest(tf.test.TestCase):
     self.assertTrue(os.path.exists(os.path.join(workdir, "base.weights.h5")))
 
 
-def _launch(args: str, workdir: str, steps: int):
-  """Starts a launcher running the multitask smoke on a parameter-server cluster."""
-  script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch {args} "
-            f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
-            f"--config=configs/multitask.py:smoke,parameter_server --workdir={workdir} "
-            f"--config.train.progress=false --config.multitask.steps={steps} "
-            f"--config.train.checkpoint_every=20 --config.export.enabled=false")
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-  env.pop("TF_CONFIG", None)
-  return subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
+def _launch_ps_smoke(launch_args: str, workdir: str, steps: int):
+  """The multitask smoke on a parameter-server cluster, checkpointing every 20 steps."""
+  return _launch(launch_args, "smoke,parameter_server", workdir,
+                 f"--config.multitask.steps={steps}", "--config.train.checkpoint_every=20",
+                 "--config.export.enabled=false")
 
 
 @pytest.mark.large  # ~2 minutes: parameter-server runs with a process killed on purpose
@@ -104,8 +100,8 @@ class FaultTest(tf.test.TestCase):
 
   def setUp(self):
     super().setUp()
-    if not _private_network_available():
-      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace)")
+    if not private_network_available():
+      self.skipTest(SKIP)
     self.root = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, self.root, True)
 
@@ -113,7 +109,7 @@ class FaultTest(tf.test.TestCase):
     """Runs the launcher; once a checkpoint exists, SIGKILLs `victim`; returns (code, log)."""
     import threading
     import time
-    proc = _launch("--workers=2 --ps=1 --max_restarts=2", workdir, steps)
+    proc = _launch_ps_smoke("--workers=2 --ps=1 --max_restarts=2", workdir, steps)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -150,8 +146,9 @@ class FaultTest(tf.test.TestCase):
     code, log = self._run_killing("[chief]", workdir, steps=400)
     self.assertNotEqual(code, 0, log[-3000:])
     self.assertIn("[launch] chief exited with status -9", log)
-    proc = _launch("--workers=2 --ps=1", workdir, steps=60)  # a shorter run: resume, finish
-    out, _ = proc.communicate(timeout=500)
+    # a shorter run: resume, finish
+    proc = _launch_ps_smoke("--workers=2 --ps=1", workdir, steps=60)
+    out = _finish(proc)
     self.assertEqual(proc.returncode, 0, out[-4000:])
     self.assertRegex(out, r"Resuming joint training of digits_0_4, digits_5_9 at step [1-9]")
 
@@ -161,8 +158,8 @@ class FaultTest(tf.test.TestCase):
     self.assertNotEqual(code, 0, log[-3000:])
     self.assertIn("error: a parameter server", log)
     self.assertNotIn("Traceback", log)
-    proc = _launch("--workers=2 --ps=1", workdir, steps=400)
-    out, _ = proc.communicate(timeout=500)
+    proc = _launch_ps_smoke("--workers=2 --ps=1", workdir, steps=400)
+    out = _finish(proc)
     self.assertEqual(proc.returncode, 0, out[-4000:])
     self.assertRegex(out, r"Resuming joint training of digits_0_4, digits_5_9 at step [1-9]")
 
@@ -171,8 +168,8 @@ class FaultTest(tf.test.TestCase):
 class MultiWorkerMirroredTest(tf.test.TestCase):
 
   def test_two_workers_give_the_single_process_result(self):
-    if not _private_network_available():
-      self.skipTest("needs `unshare --user --net` and `ip` (a private network namespace)")
+    if not private_network_available():
+      self.skipTest(SKIP)
     from k4p1.export.patch_files import read_patch
     root = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, root, True)
@@ -191,19 +188,9 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
                          capture_output=True, text=True, timeout=400)
     self.assertEqual(out.returncode, 0, out.stderr[-3000:])
     multi = os.path.join(root, "multi")
-    script = (f"ip link set lo up && exec {sys.executable} -m k4p1.launch --workers=1 --ps=0 "
-              f"--grace_seconds=5 --timeout=400 -- {sys.executable} train.py "
-              f"--config=configs/multitask.py:smoke,multi_worker_mirrored --workdir={multi} "
-              + " ".join(common))
-    proc = subprocess.Popen(UNSHARE + ["sh", "-c", script], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-      log, _ = proc.communicate(timeout=500)
-    finally:
-      if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = _launch("--workers=1 --ps=0", "smoke,multi_worker_mirrored", multi,
+                   *[a for a in common if "progress" not in a])  # _launch sets it
+    log = _finish(proc)
     self.assertEqual(proc.returncode, 0, log[-4000:])
     for task in ("digits_0_4", "digits_5_9"):
       _, a = read_patch(os.path.join(single, "patches", f"{task}.k4p1.npz"))

@@ -11,7 +11,6 @@ ending the subprocess is the teardown. Findings: docs/parameter_server_notes.md.
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,23 +19,13 @@ import unittest
 import numpy as np
 import tensorflow as tf
 
+from k4p1.launch import PRIVATE_NETWORK, private_network_available
+
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
                       "parameter_server_spike.py")
 TIMEOUT_S = 120  # the script takes ~6 s; its own watchdog ends it after 90 s
-UNSHARE = ["unshare", "--user", "--map-root-user", "--net"]
-
-
-def _private_network_available():
-  if shutil.which("unshare") is None:
-    return False
-  try:
-    return subprocess.run(UNSHARE + ["true"], capture_output=True, timeout=30).returncode == 0
-  except (OSError, subprocess.SubprocessError):
-    return False
-
-
 def _run_spike():
-  proc = subprocess.Popen(UNSHARE + [sys.executable, SCRIPT], stdout=subprocess.PIPE,
+  proc = subprocess.Popen(list(PRIVATE_NETWORK) + [sys.executable, SCRIPT], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
   try:
@@ -70,7 +59,7 @@ class ParameterServerSpikeTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    if not _private_network_available():
+    if not private_network_available(with_ip=False):
       raise unittest.SkipTest("needs `unshare --user --net` (a private network namespace): "
                               "tf.distribute.Server would otherwise listen on all interfaces")
     cls.report = _run_spike()
