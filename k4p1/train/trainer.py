@@ -66,6 +66,16 @@ class Phase:
   tasks: tuple = ()
 
 
+def _replica_batches(data, global_batch: int, seed: int, context: tf.distribute.InputContext):
+  """This input pipeline's per-replica batches of `data`: with several pipelines, each takes
+  every n-th per-replica batch of the same stream, so a step sees the examples one process's
+  global batch would hold."""
+  ds = data.train_batches(context.get_per_replica_batch_size(global_batch), seed=seed)
+  if context.num_input_pipelines > 1:
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+  return ds
+
+
 class Progress:
   """A progress bar on stderr (plain lines every 10% when stderr is not a terminal)."""
 
@@ -374,13 +384,8 @@ class Trainer:
     batches = {t: self.task_batch_size(t) for t in tasks}
 
     def dataset_fn(context: tf.distribute.InputContext):
-      parts = []
-      for t in tasks:
-        ds = data[t].train_batches(context.get_per_replica_batch_size(batches[t]), seed=seed)
-        if context.num_input_pipelines > 1:
-          ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
-        parts.append(ds)
-      return tf.data.Dataset.zip(tuple(parts))
+      return tf.data.Dataset.zip(tuple(_replica_batches(data[t], batches[t], seed, context)
+                                       for t in tasks))
 
     return self._per_worker(self.strategy.distribute_datasets_from_function(dataset_fn))
 
@@ -430,10 +435,7 @@ class Trainer:
     data = self.data[task]
 
     def dataset_fn(context: tf.distribute.InputContext):
-      per_replica = context.get_per_replica_batch_size(global_batch)
-      ds = data.train_batches(per_replica, seed=seed)
-      return ds.shard(context.num_input_pipelines, context.input_pipeline_id) \
-          if context.num_input_pipelines > 1 else ds
+      return _replica_batches(data, global_batch, seed, context)
 
     return self._per_worker(self.strategy.distribute_datasets_from_function(dataset_fn))
 
