@@ -34,7 +34,8 @@ Regimes (REGIMES): scale_bias (S/B patch + last layer, batch statistics as the p
 scale_bias_frozen (frozen statistics: faster), depthwise, scale_bias_depthwise,
 scale_bias_random_head (S/B only, classifier fixed at its random init: Tables 2-3),
 bn_stats (recomputed BN statistics + last layer: Table 6), last_layer, full (full fine-tuning at
-the small rate it wants).
+the small rate it wants), taps (TAPS gated deltas + task-specific BN + last layer; configs/taps.py
+sets its options).
 
 The former configs/mobilenet_v2_<regime>.py, inception_v3_scale_bias.py and
 resnet50_scale_bias.py are aliases of this file.
@@ -55,6 +56,9 @@ REGIMES = {
     "bn_stats": ("bn_stats,last_layer", "batch", 0.045),
     "last_layer": ("last_layer", "batch", 0.045),
     "full": ("full,last_layer", "batch", 0.0045),
+    # TAPS: gated weight deltas (configs/taps.py sets lam and the other options); its deltas
+    # are weights, which want full fine-tuning's small rate.
+    "taps": ("taps,scale_bias,last_layer", "batch", 0.0045),
 }
 
 

@@ -104,6 +104,7 @@ def export(spec, models, workdir: str) -> str:
 def run(config, workdir: str, mode: str = "train") -> dict:
   """Runs `mode` (see module docstring) and returns what it wrote to its JSON file."""
   from k4p1.analysis import report as report_lib
+  from k4p1.analysis import taps as taps_lib
   from k4p1.train.trainer import Trainer
   if mode not in MODES:
     raise ConfigError(f"Unknown mode {mode!r}. Modes: {', '.join(MODES)}")
@@ -125,6 +126,10 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   if mode == "params":
     rows = report_lib.parameter_report(models, patch_sizes(models))
     print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
+    for name in models.tasks:
+      text = taps_lib.format_taps_layers(models, name, trained=False)
+      if text:
+        print("\n" + text, flush=True)
     if spec.multitask.tasks:
       learnable = sum(int(v.shape.num_elements()) for v in models.shared_learnable_variables())
       print(f"\nTrained jointly ({spec.multitask.step} steps): {', '.join(spec.multitask.tasks)}; "
@@ -156,8 +161,14 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     row.update(trainer.evaluate(row["task"]))
     row.update(train_stats.get(row["task"], {}))
     row["steps_done"] = trainer.phase_steps(row["task"])
+    summary = taps_lib.taps_summary(models, row["task"])
+    if summary:
+      row["taps"] = summary
   result = {"mode": mode, "backbone": trainer.backbone.model.name, "tasks": rows}
   print(report_lib.format_results_table(rows), flush=True)
+  for row in rows:
+    if "taps" in row:
+      print("\n" + taps_lib.format_taps_layers(models, row["task"]), flush=True)
   if trainer.is_chief:
     if mode == "train" and spec.export.enabled:
       result["saved_model"] = export(spec, models, workdir)

@@ -216,6 +216,43 @@ class TaskModels:
     return [layer for layer in patches.all_layers(self.tasks[name].model)
             if getattr(layer, "recomputes_statistics_first", False)]
 
+  def _kind_layers(self, name: str):
+    """[(PatchKind, its options, [task layers])] of task `name`'s patch kinds."""
+    task = self.tasks[name]
+    return [(k, patches.options(task.spec.patch, k.name),
+             [layer for layer, _, kind in task.patched.patch_layers if kind == k.name])
+            for k in patches.kinds_of(task.spec.patch)]
+
+  def penalty(self, name: str, step=None):
+    """The loss terms task `name`'s patch kinds add (TAPS's L1 on its scores), summed; None
+    when there are none. Call inside the gradient tape; `step` is the task's step counter."""
+    terms = [k.penalty(layers, opts, step) for k, opts, layers in self._kind_layers(name)
+             if k.penalty is not None]
+    terms = [t for t in terms if t is not None]
+    return keras.ops.sum(keras.ops.stack(terms)) if terms else None
+
+  def rate_groups(self, name: str) -> dict:
+    """{group: (variables, learning rate)}: task `name`'s variables that a patch kind trains at
+    their own rate (TAPS's scores at `score_lr`)."""
+    groups = {}
+    for k, opts, layers in self._kind_layers(name):
+      if k.rate is None:
+        continue
+      for layer in layers:
+        found = k.rate(layer, opts)
+        if found:
+          group, variables, lr = found
+          groups.setdefault(group, ([], lr))[0].extend(variables)
+    return groups
+
+  def omitted_variables(self, name: str) -> list:
+    """Task `name`'s variables that change no output now and so need not be stored (the
+    delta of a layer TAPS gated off); a patch file records them as zeros."""
+    out = []
+    for layer in self.tasks[name].patched.task_layers():
+      out.extend(getattr(layer, "omitted_variables", list)())
+    return out
+
   def variable_kinds(self, name: str) -> dict:
     """{id(variable): (component, learned)} for task `name`'s own variables.
 

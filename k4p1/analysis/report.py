@@ -24,21 +24,26 @@ def task_parameters(models: TaskModels, name: str) -> dict:
 
   Returns a dict with:
     components: {kind: {"learned": n, "fixed": n}} for the task's own variables, as each patch
-      layer declares them ("fixed": statistics, or a classifier left at its random init).
+      layer declares them ("fixed": statistics, or a classifier left at its random init);
+      "gated_off": n counts variables trained but not kept (TAPS deltas of inactive layers).
     trainable: every parameter trained with this task (shared ones too if train_base).
-    task_specific: parameters only this task has (learned + fixed).
+    task_specific: parameters only this task keeps (learned + fixed).
     shared: parameters of the shared base.
     share_of_base: task_specific / shared.
   """
   task = models.tasks[name]
   kinds = models.variable_kinds(name)
+  omitted = {id(v) for v in models.omitted_variables(name)}
   components = {}
   for v in models.task_variables(name):
     kind, learned = kinds[id(v)]
     entry = components.setdefault(kind, {"learned": 0, "fixed": 0})
+    if id(v) in omitted:  # e.g. the delta of a layer TAPS gated off: trained, not kept
+      entry["gated_off"] = entry.get("gated_off", 0) + int(np.prod(v.shape))
+      continue
     entry["learned" if learned else "fixed"] += int(np.prod(v.shape))
   shared = _count(models.shared_variables())
-  specific = sum(c["learned"] + c["fixed"] for c in components.values())
+  specific = sum(c["learned"] + c["fixed"] for c in components.values())  # not gated_off
   order = {k.name: k.order for k in patches.kinds_of(task.spec.patch)}
   order["last_layer"] = 1000
   return {
@@ -76,6 +81,8 @@ def format_parameter_report(rows: list[dict], base_name: str = "") -> str:
       else:
         note = patches.kind(kind).fixed_note if c["fixed"] else ""
       fixed_note = f" ({note})" if note else ""
+      if c.get("gated_off"):
+        fixed_note += f" (+{c['gated_off']:,} in gated-off layers, not kept)"
       lines.append(f"  {kind:<20}{c['learned']:>12,}{c['fixed']:>12,}{fixed_note}")
     lines.append(f"  trainable: {r['trainable']:,}   task-specific: {r['task_specific']:,} "
                  f"({100 * r['share_of_base']:.2f}% of the base)"

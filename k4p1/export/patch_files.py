@@ -3,7 +3,8 @@
 A patch file is an .npz holding one flat float32 buffer and a JSON record that indexes it by
 variable: its structural site (`base.12/gamma`: the base's 12th layer; see
 TaskModels.variable_sites), its variable path (e.g. `block_1_depthwise_BN_flowers/gamma`, for
-people), offset and shape. The record also holds of the task (patch kinds, class count) and of the base it was trained on
+people), offset and shape; variables that change no output (the delta of a layer TAPS gated
+off) are recorded by shape only and read back as zeros. The record also holds of the task (patch kinds, class count) and of the base it was trained on
 (architecture and weights fingerprints), so loading onto another base or with another class
 count fails with a clear error instead of silently giving wrong answers.
 
@@ -50,10 +51,15 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
   t = models.tasks[task]
   index, chunks, offset = {}, [], 0
   sites = models.variable_sites(task)
+  omitted = {id(v) for v in models.omitted_variables(task)}
+  zeros = {}
   for v in models.task_variables(task):
     site = sites[id(v)]
-    if site in index:
+    if site in index or site in zeros:
       raise ValueError(f"Two variables of task {task!r} share the site {site!r}.")
+    if id(v) in omitted:  # changes no output (a gated-off TAPS delta): stored as a shape
+      zeros[site] = {"path": v.path, "shape": list(v.shape)}
+      continue
     value = np.asarray(keras.ops.convert_to_numpy(v), np.float32)
     index[site] = {"path": v.path, "offset": offset, "shape": list(value.shape)}
     chunks.append(value.ravel())
@@ -69,6 +75,8 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
       "dataset": {**dataclasses.asdict(t.spec.dataset), "classes": list(t.spec.dataset.classes)},
       "variables": index,
   }
+  if zeros:
+    meta["zeros"] = zeros
   buf = io.BytesIO()
   np.savez(buf, values=np.concatenate(chunks) if chunks else np.zeros(0, np.float32),
            **{_META_KEY: np.frombuffer(json.dumps(meta).encode(), np.uint8)})
@@ -92,6 +100,8 @@ def read_patch(path: str) -> tuple[dict, dict]:
       values = f["values"]
     arrays = {key: values[entry["offset"]:entry["offset"] + int(np.prod(entry["shape"]))]
                    .reshape(entry["shape"]) for key, entry in meta.pop("variables").items()}
+    arrays.update({key: np.zeros(entry["shape"], np.float32)
+                   for key, entry in meta.pop("zeros", {}).items()})
   except Exception as e:
     raise PatchFileError(f"{path!r} is not a k4p1 patch file ({type(e).__name__}: {e}).") from e
   if meta.get("format") not in _READABLE_FORMATS:

@@ -62,6 +62,10 @@ class PatchKind:
     target_text: what the kind needs, for the "matches no layer" error.
     describe: optional (options) -> text appended to labels, e.g. ' (frozen stats)'.
     fixed_note: what the report says of the kind's fixed variables, e.g. 'statistics'.
+    penalty: optional (task_layers, options, step) -> a scalar added to the task's loss, or
+      None (TAPS's L1 on its scores); `step` is the task's step counter.
+    rate: optional (task_layer, options) -> (group, variables, learning rate) or None: variables
+      of the layer trained at their own rate (TAPS's scores at `score_lr`).
     order: position in labels and reports (smaller first).
   """
   name: str
@@ -76,6 +80,8 @@ class PatchKind:
   target_text: str = ""
   describe: Optional[Callable] = None
   fixed_note: str = ""
+  penalty: Optional[Callable] = None
+  rate: Optional[Callable] = None
   order: int = 100
 
   def initialise(self, task_layer, base_layer):

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.train.steps import StepMetrics, classification_loss
+from k4p1.train.steps import StepMetrics, classification_loss, extra_loss
 
 
 class TaskSampler:
@@ -102,7 +102,7 @@ class JointSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_summed_step(strategy, task_models: dict, groups: list, batch_sizes: dict,
                      num_classes: dict, loss_weights: dict, label_smoothing: float,
-                     metrics: dict, counters: list):
+                     metrics: dict, counters: list, penalties: Optional[dict] = None):
   """tf.function(iterator) -> None: one summed joint step under `strategy`.
 
   Args:
@@ -112,6 +112,7 @@ def make_summed_step(strategy, task_models: dict, groups: list, batch_sizes: dic
     batch_sizes, num_classes, loss_weights: per task (global batch sizes).
     metrics: {task: StepMetrics}, accumulated on device.
     counters: step variables incremented by one per step.
+    penalties: optional {task: () -> scalar or None}, added to that task's loss (TAPS's L1).
   """
   tasks = list(task_models)
   variables = [v for _, group in groups for v in group]
@@ -124,8 +125,7 @@ def make_summed_step(strategy, task_models: dict, groups: list, batch_sizes: dic
         logits = task_models[task](images, training=True)
         loss = classification_loss(logits, labels, num_classes[task], batch_sizes[task],
                                    label_smoothing)
-        if task_models[task].losses:
-          loss += tf.add_n(task_models[task].losses) / strategy.num_replicas_in_sync
+        loss += extra_loss(task_models[task], (penalties or {}).get(task), strategy)
         total += loss_weights[task] * loss
         losses.append(loss)
         corrects.append(tf.reduce_sum(tf.cast(tf.equal(

@@ -1,7 +1,8 @@
 """The training step: one tf.function under a tf.distribute strategy, metrics kept on device.
 
 The step trains an explicit list of variables (never "whatever is trainable now"), adds the
-model's own losses (`model.losses`: regularizers such as TAPS's L1 on its gate scores), and
+model's own losses (`model.losses`) and the patch kinds' penalties (TAPS's L1 on its gate
+scores), and
 accumulates loss, correct predictions and its step counter in variables, so that a training
 loop reads the host only every `log_every` steps (a parameter-server coordinator needs exactly
 that). No XLA: on CPU `jit_compile` is 5-11x slower.
@@ -63,10 +64,21 @@ def classification_loss(logits, labels, num_classes: int, global_batch_size: int
   return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
 
 
+def extra_loss(model, penalty, strategy):
+  """The model's own losses (regularizers) plus the penalty, counted once per global step."""
+  terms = list(model.losses)
+  extra = penalty() if penalty is not None else None
+  if extra is not None:
+    terms.append(extra)
+  if not terms:
+    return 0.0
+  return tf.add_n([tf.cast(t, tf.float32) for t in terms]) / strategy.num_replicas_in_sync
+
+
 def make_train_step(strategy, model, optimizer, variables: list, global_batch_size: int,
                     num_classes: int, label_smoothing: float = 0.0,
                     metrics: Optional[StepMetrics] = None, counter: Optional[tf.Variable] = None,
-                    extra_groups=()):
+                    extra_groups=(), penalty=None):
   """A tf.function(iterator) -> (loss, accuracy) running one step under `strategy`.
 
   Args:
@@ -79,6 +91,8 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
     counter: if given, a variable (or a list of them) incremented by one per step on device.
     extra_groups: more (optimizer, variables) pairs trained by the same step, each with its own
       optimizer (e.g. a classifier at its own learning rate).
+    penalty: optional () -> scalar or None, added to the loss once per global step (the
+      task's patch-kind terms, e.g. TaskModels.penalty: TAPS's L1 on its gate scores).
 
   The returned tensors need not be read: reading them syncs with the host.
   """
@@ -93,8 +107,7 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
       logits = model(images, training=True)
       loss = classification_loss(logits, labels, num_classes, global_batch_size,
                                  label_smoothing)
-      if model.losses:  # the model's own losses (regularizers), once per global step
-        loss += tf.add_n(model.losses) / strategy.num_replicas_in_sync
+      loss += extra_loss(model, penalty, strategy)
     grads = tape.gradient(loss, variables)
     start = 0
     for group_optimizer, group in groups:

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -160,11 +161,7 @@ class Trainer:
           if phase.tasks:
             self._build_joint_optimizers(phase)
             continue
-          task = spec.task(phase.task)
-          body, head = self._variable_groups(phase)
-          lr = phase.lr or task.lr or spec.optimizer.lr
-          for key, variables, rate in ((phase.name, body, lr),
-                                       (f"{phase.name}__head", head, task.head_lr)):
+          for key, variables, rate in self._variable_groups(phase):
             if variables:  # none: e.g. bn_stats without last_layer (statistics only)
               schedule = None
               if self.coordinator is not None:
@@ -258,7 +255,6 @@ class Trainer:
   def _build_joint_optimizers(self, phase: Phase):
     from k4p1.train.joint import JointSchedule
     spec, o = self.spec, self.spec.optimizer
-    shared, shared_of, own = self.joint_variables(phase)
     decay = self.joint_decay_steps(phase)
     step = self.steps[phase.name]
 
@@ -274,21 +270,32 @@ class Trainer:
             lr, decay_steps=decay[task], decay_rate=o.decay_rate, staircase=True)
       return make_optimizer(o, lr, 1, schedule=schedule)
 
-    groups = {}
-    if spec.multitask.step == "summed":
-      # The shared weights follow the longest-epoch task's schedule at the global rate.
-      reference = max(phase.tasks, key=lambda t: decay[t])
-      groups[phase.name] = (optimizer(reference, o.lr), shared)
-      for t in phase.tasks:
-        groups[f"{phase.name}__{t}"] = (optimizer(t, spec.task(t).lr or o.lr), own[t])
-    else:
-      for t in phase.tasks:
-        groups[f"{phase.name}__{t}"] = (optimizer(t, spec.task(t).lr or o.lr),
-                                        shared_of[t] + own[t])
-    for key, (opt, variables) in groups.items():
+    # The shared weights follow the longest-epoch task's schedule at the global rate.
+    reference = max(phase.tasks, key=lambda t: decay[t])
+    for key, variables, task, lr in self._joint_groups(phase):
       if variables:
+        opt = optimizer(task or reference, lr)
         opt.build(variables)
         self.optimizers[key] = opt
+
+  def _joint_groups(self, phase: Phase) -> list:
+    """[(optimizer key, variables, task or None for the shared group, learning rate)] of a
+    joint phase. Summed steps: the shared weights once (`<phase>`), each task's own variables
+    (`<phase>__<task>`); sampled steps: each task's shared and own variables together. Variables
+    a patch kind trains at their own rate go to `<phase>__<task>__<group>` (TAPS's scores)."""
+    spec = self.spec
+    shared, shared_of, own = self.joint_variables(phase)
+    summed = spec.multitask.step == "summed"
+    groups = [(phase.name, shared, None, spec.optimizer.lr)] if summed else []
+    for t in phase.tasks:
+      rest, extra = list(own[t]), []
+      for group, (members, lr) in self.models.rate_groups(t).items():
+        ids = {id(v) for v in members}
+        extra.append((f"{phase.name}__{t}__{group}", [v for v in rest if id(v) in ids], t, lr))
+        rest = [v for v in rest if id(v) not in ids]
+      mine = rest if summed else shared_of[t] + rest
+      groups += [(f"{phase.name}__{t}", mine, t, spec.task(t).lr or spec.optimizer.lr)] + extra
+    return groups
 
   def _train_joint(self, phase: Phase) -> dict:
     from k4p1.train.joint import make_summed_step, sizes_text
@@ -307,30 +314,31 @@ class Trainer:
       self.models.activate(t)
     for layer in self.models.base.layers:
       layer.trainable = True
-    shared, shared_of, own = self.joint_variables(phase)
     models = {t: self.models.tasks[t].model for t in phase.tasks}
     classes = {t: self.models.tasks[t].num_classes for t in phase.tasks}
     batches = {t: self.task_batch_size(t) for t in phase.tasks}
     task_counters = {t: self.steps[f"{phase.name}__{t}"] for t in phase.tasks}
     seed = train.seed + start
+    penalties = {t: functools.partial(self.models.penalty, t, task_counters[t])
+                 for t in phase.tasks}
+    groups = [(self.optimizers[k], v, t) for k, v, t, _ in self._joint_groups(phase)
+              if k in self.optimizers]
     if spec.multitask.step == "summed":
-      groups = [(self.optimizers[k], v) for k, v in
-                [(phase.name, shared)] + [(f"{phase.name}__{t}", own[t]) for t in phase.tasks]
-                if k in self.optimizers]
       step_fn = make_summed_step(
-          self.strategy, models, groups, batches, classes,
+          self.strategy, models, [(o, v) for o, v, _ in groups], batches, classes,
           {t: spec.task(t).loss_weight for t in phase.tasks}, spec.optimizer.label_smoothing,
-          self.task_metrics, [step_var] + list(task_counters.values()))
+          self.task_metrics, [step_var] + list(task_counters.values()), penalties)
       iterator = iter(self._distributed_joint_batches(phase.tasks, seed))
       run_step = lambda step: self._run(step_fn, iterator)  # noqa: E731
     else:
       sampler = self._sampler(total)
       step_fns, iterators = {}, {}
       for t in phase.tasks:
+        (optimizer, variables), *extra = [(o, v) for o, v, task in groups if task == t]
         step_fns[t] = make_train_step(
-            self.strategy, models[t], self.optimizers[f"{phase.name}__{t}"], shared_of[t] + own[t],
-            batches[t], classes[t], spec.optimizer.label_smoothing,
-            metrics=self.task_metrics[t], counter=[step_var, task_counters[t]])
+            self.strategy, models[t], optimizer, variables, batches[t], classes[t],
+            spec.optimizer.label_smoothing, metrics=self.task_metrics[t],
+            counter=[step_var, task_counters[t]], extra_groups=extra, penalty=penalties[t])
         iterators[t] = iter(self._distributed_batches(t, seed))
       run_step = lambda step: self._run(step_fns[sampler.task(step)],  # noqa: E731
                                         iterators[sampler.task(step)])
@@ -403,15 +411,23 @@ class Trainer:
       return list(phase.variables(self.models))
     return self.models.trainable_variables(phase.task)
 
-  def _variable_groups(self, phase: Phase) -> tuple[list, list]:
-    """(variables at the phase's rate, the classifier's at `head_lr`): the second is empty
-    unless the task sets head_lr and the phase trains its classifier."""
+  def _variable_groups(self, phase: Phase) -> list[tuple[str, list, float]]:
+    """[(optimizer key, variables, learning rate)]: the phase's variables at its rate; the
+    classifier's at `head_lr` (key `<phase>__head`) when the task sets one; variables a patch
+    kind trains at their own rate (`<phase>__<group>`, e.g. TAPS's scores at score_lr)."""
+    task = self.spec.task(phase.task)
     variables = self.phase_variables(phase)
-    if not self.spec.task(phase.task).head_lr:
-      return variables, []
-    head = {id(v) for v in self.models.tasks[phase.task].head.trainable_variables}
-    return ([v for v in variables if id(v) not in head],
-            [v for v in variables if id(v) in head])
+    claimed, groups = set(), []
+    own = dict(self.models.rate_groups(phase.task))
+    if task.head_lr:
+      own["head"] = (self.models.tasks[phase.task].head.weights, task.head_lr)
+    for group, (members, rate) in own.items():
+      ids = {id(v) for v in members}
+      picked = [v for v in variables if id(v) in ids and id(v) not in claimed]
+      claimed |= ids
+      groups.append((f"{phase.name}__{group}", picked, rate))
+    lr = phase.lr or task.lr or self.spec.optimizer.lr
+    return [(phase.name, [v for v in variables if id(v) not in claimed], lr)] + groups
 
   def restore(self, require: bool = False) -> bool:
     """Restores the latest checkpoint, if any. Returns whether one was restored."""
@@ -474,8 +490,9 @@ class Trainer:
     task = self.models.activate(name, None if phase.variables is None
                                 else self.phase_variables(phase))
     train = self.spec.train
-    body, head = self._variable_groups(phase)
-    if not body and not head:  # nothing learned by gradient
+    groups = [(self.optimizers[key], variables)
+              for key, variables, _ in self._variable_groups(phase) if variables]
+    if not groups:  # nothing learned by gradient
       t0 = time.time()
       logging.info("Phase %s trains no variable by gradient: its BN statistics only.",
                    phase.name)
@@ -488,13 +505,11 @@ class Trainer:
       self._recompute_statistics(name, train.seed, self.models.recompute_first_layers(name))
     # Resumed runs reseed the shuffle from the step so they do not replay the same batches.
     iterator = iter(self._distributed_batches(name, seed=train.seed + start))
-    groups = [(self.optimizers[key], variables) for key, variables in
-              ((phase.name, body), (f"{phase.name}__head", head)) if variables]
     (optimizer, variables), extra = groups[0], groups[1:]
     step_fn = make_train_step(
         self.strategy, task.model, optimizer, variables, train.batch_size, task.num_classes,
         self.spec.optimizer.label_smoothing, metrics=self.metrics, counter=step_var,
-        extra_groups=extra)
+        extra_groups=extra, penalty=lambda: self.models.penalty(name, step_var))
     writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name)) \
         if self.is_chief else tf.summary.create_noop_writer()
     progress = Progress(total, start, f"train {phase.name}", train.progress)
