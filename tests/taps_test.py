@@ -4,8 +4,12 @@ Numerics against NumPy for every gateable layer type, the straight-through gradi
 manual tape, the L1 term, serialization, patch-file size, folding and bad input.
 """
 
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import keras
@@ -17,11 +21,14 @@ from k4p1 import experiment, export, patches
 from k4p1.analysis.taps import taps_summary
 from k4p1.backbones import Backbone
 from k4p1.errors import ConfigError
+from k4p1.export import serving_function
 from k4p1.export.fold import fold_task
+from k4p1.export.mixed import mixed_serving_function
 from k4p1.export.tflite import run_tflite, tflite_model
 from k4p1.model import TaskModels
 from k4p1.patches.taps import TapsOptions, TapsPatch, base_kernel, gate, penalty
-from k4p1.testing import calibrated_mobilenet_v2, random_images, tiny_config, tiny_task
+from k4p1.testing import (REPO_ROOT, calibrated_mobilenet_v2, random_images, tiny_config,
+                          tiny_task)
 from k4p1.train.steps import classification_loss, make_train_step
 from k4p1.train.trainer import Trainer
 
@@ -287,6 +294,20 @@ class TapsOnMobileNetTest(tf.test.TestCase):
     self.assertAllClose(out, want, rtol=1e-4, atol=1e-4)
     lite = run_tflite(tflite_model(models, ["t"]), "t", images)
     self.assertAllClose(lite, expected, rtol=1e-4, atol=1e-4)
+    # `mixed` routes each example to its own task's graph: a second task with other deltas.
+    other = models.add(tiny_task("u", "taps,scale_bias,last_layer"), 3)
+    for layer in patches.patch_layers_of(other.model):
+      if isinstance(layer, TapsPatch):
+        layer.delta.assign(rng.randn(*layer.delta.shape).astype(np.float32) * 0.01)
+    ids = np.array([0, 1, 1, 0], np.int32)
+    mixed = mixed_serving_function(models, ["t", "u"])(images=tf.constant(rounded),
+                                                      task_id=tf.constant(ids))
+    alone = {n: serving_function(models, n)(images=tf.constant(rounded))["probabilities"]
+             for n in ("t", "u")}
+    for i, task_id in enumerate(ids):
+      self.assertAllClose(mixed["probabilities"][i], alone["tu"[task_id]][i], rtol=1e-5,
+                          atol=1e-6)
+    self.assertGreater(float(tf.reduce_max(tf.abs(alone["t"] - alone["u"]))), 1e-3)
 
 
 class TapsTrainingTest(tf.test.TestCase):
@@ -361,6 +382,50 @@ class TapsTrainingTest(tf.test.TestCase):
     self.assertEqual(moved(kernels), len(kernels))
     self.assertEqual(moved(deltas["base"]), len(deltas["base"]))
     self.assertEqual(moved(deltas["patched"]), len(deltas["patched"]))
+
+
+def _train(*args, timeout=900):
+  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py"), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+class TapsBinaryTest(tf.test.TestCase):
+  """The issue's acceptance commands."""
+
+  def setUp(self):
+    super().setUp()
+    self.workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.workdir, True)
+
+  def test_params_lists_the_gateable_layers_of_mobilenet_v2_224(self):
+    out = _train("--config=configs/taps.py", "--mode=params", f"--workdir={self.workdir}")
+    self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+    self.assertIn("TAPS can gate 52 layers; all active they would add 2,189,760 parameters",
+                  out.stdout)
+    self.assertRegex(out.stdout, r"51  Conv_1 +Conv2D +409,600")
+
+  @pytest.mark.large  # ~80 s: trains the digits base, then TAPS
+  def test_smoke_trains_and_prints_the_active_layers(self):
+    out = _train("--config=configs/taps.py:smoke", f"--workdir={self.workdir}")
+    self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+    printed = re.search(r"Task digits_5_9: TAPS made (\d+) of 52 layers task-specific .*adding "
+                        r"([\d,]+) parameters", out.stdout)
+    self.assertIsNotNone(printed, out.stdout[-3000:])
+    with open(os.path.join(self.workdir, "metrics.json")) as f:
+      row = {r["task"]: r for r in json.load(f)["tasks"]}["digits_5_9"]
+    s = row["taps"]
+    self.assertEqual(int(printed.group(1)), s["active_layers"])
+    self.assertEqual(int(printed.group(2).replace(",", "")), s["added_parameters"])
+    self.assertEqual(s["added_parameters"],
+                     sum(n for n, on in zip(s["sizes"], s["active"]) if on))
+    self.assertEqual(row["components"]["taps"]["learned"], s["added_parameters"] + 52)
+    # The patch file holds what the task keeps (4 bytes each, plus its JSON index), and none
+    # of the gated-off deltas.
+    kept, off = 4 * row["task_specific"], 4 * (s["possible_parameters"] - s["added_parameters"])
+    self.assertBetween(row["patch_file_bytes"] - kept, 0, 60_000)
+    if off:
+      self.assertLess(row["patch_file_bytes"], kept + off)
 
 
 if __name__ == "__main__":
