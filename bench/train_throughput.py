@@ -50,6 +50,8 @@ REGIMES = (
     ("scale_bias_batch_stats", "scale_bias,last_layer", "batch", False),
     ("scale_bias_frozen_stats", "scale_bias,last_layer", "frozen", False),
     ("depthwise_last_layer", "depthwise,last_layer", "batch", False),
+    # TAPS: a gated delta on every conv (all on, as at the start of training) + task BN.
+    ("taps", "taps,scale_bias,last_layer", "batch", False),
     ("last_layer_only", "last_layer", "batch", False),
 )
 REFERENCES = ("reference_plain_step", "scale_bias_frozen_stats_stock_keras")
@@ -138,7 +140,8 @@ def main(argv):
     optimizer.build(variables)
     # What the trainer runs: metrics and the step counter accumulated on device.
     step = make_train_step(strategy, task.model, optimizer, variables, batch, 100,
-                           metrics=StepMetrics.create(name), counter=tf.Variable(0, tf.int64))
+                           metrics=StepMetrics.create(name), counter=tf.Variable(0, tf.int64),
+                           penalty=lambda name=name: models.penalty(name))
     runs[name] = (name, step, iter(data))
   reference = models.tasks["reference_plain_step"]
   variables = models.trainable_variables("reference_plain_step")
@@ -202,6 +205,11 @@ def main(argv):
           a / b for a, b in zip(samples["scale_bias_frozen_stats"],
                                 samples["reference_plain_step"])), 3),
       "results": results,
+      # TAPS's step against full fine-tuning and against scale-and-bias (the same batch
+      # statistics), per the median rounds above.
+      "taps_ratio_to_full": round(statistics.median(samples["taps"]) / full, 3),
+      "taps_ratio_to_scale_bias": round(statistics.median(samples["taps"]) / statistics.median(
+          samples["scale_bias_batch_stats"]), 3),
   }
   common.write_result(_OUT.value, out)
   print(f"\n{'regime':<38}{'images/s':>10}{'CPU ms/img':>12}{'x full':>8}{'x stock full':>14}")
@@ -209,6 +217,8 @@ def main(argv):
     print(f"{r['regime']:<38}{r['images_per_second']:>10.1f}{r['cpu_ms_per_image']:>12.1f}"
           f"{r['ratio_to_full']:>8.2f}{r['ratio_to_stock_keras_full']:>14.2f}")
   print(f"k4p1 step / bare step (frozen S/B, same model): {out['step_machinery_ratio']:.3f}")
+  print(f"TAPS step throughput: {out['taps_ratio_to_full']:.2f}x full fine-tuning, "
+        f"{out['taps_ratio_to_scale_bias']:.2f}x scale-and-bias (batch statistics)")
 
 
 if __name__ == "__main__":

@@ -19,15 +19,11 @@ Smoke (CI; 2 steps per regime, one cell per backbone, needs the shared data):
       --plot=/tmp/t.png --table=/tmp/t.md
 """
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
 import common  # noqa: E402,F401  (puts the repository on the import path)
+from transfer_cells import CONFIG, _load, run_cell  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 
@@ -53,15 +49,6 @@ _SIZE = flags.DEFINE_integer("size", 0, "Input size (0: the config's 64).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 0, "Training images (0: the config's).")
 _EPOCHS = flags.DEFINE_float("epochs", 0.0, "Epochs (0: the config's).")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "transfer_table.py")
-
-
-def _load(path):
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return None
 
 
 def cell_options() -> str:
@@ -77,30 +64,6 @@ def cell_options() -> str:
       options.append(f"{key}={flag.value:g}" if isinstance(flag.value, float) else
                      f"{key}={flag.value}")
   return ",".join(options)
-
-
-def run_cell(backbone, dataset, lr, smoke, workdir, options=""):
-  """Runs train.py on one cell; returns its per-regime rows (raises with the binary's stderr)."""
-  arg = f"{backbone},{dataset},{lr}" + (f",{options}" if options else "") + \
-      (",smoke" if smoke else "")
-  cell_dir = os.path.join(workdir, f"{backbone}_{dataset}_{lr}".replace("-", "data"))
-  cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={CONFIG}:{arg}",
-         f"--workdir={cell_dir}", "--config.train.progress=false"]
-  start = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  with open(os.path.join(cell_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  shutil.rmtree(cell_dir, ignore_errors=True)  # checkpoints of a full copy are ~40 MB per cell
-  rows = [{"backbone": backbone, "dataset": dataset, "lr": float(lr), "regime": t["task"],
-           "accuracy": t["accuracy"], "balanced_accuracy": t.get("balanced_accuracy"),
-           "eval_examples": t["eval_examples"],
-           "train_examples": t.get("train_examples"), "steps": t["steps_done"],
-           "trainable": t["trainable"], "task_specific": t["task_specific"],
-           "train_seconds": t.get("train_seconds")} for t in metrics["tasks"]]
-  return rows, time.time() - start
 
 
 def best_per_regime(rows):
@@ -176,7 +139,7 @@ def main(argv):
   from k4p1.config import load_module
   from k4p1.files import atomic_write_text
   module = load_module(CONFIG)
-  regimes = _REGIMES.value or list(module.REGIMES)
+  regimes = _REGIMES.value or list(module.REGIMES)  # also taps_lam<N>, top_from_<LAYER>
   options = cell_options()
   module.get_config(f"{_BACKBONES.value[0]},{'-' if _DATA.value else 'cifar10'},0.1,{options}")
   datasets = ["-"] if _DATA.value else _DATASETS.value

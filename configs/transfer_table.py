@@ -11,6 +11,9 @@ tasks are the regimes, all on the same frozen backbone:
   scale_bias_depthwise_last_layer  both patches + classifier
   full_fine_tuning                 every weight (a private copy of the backbone) + classifier
 
+More regimes by name (regimes=...): taps_lam<N> (TAPS at lam = N/100, e.g. taps_lam25) and
+top_from_<LAYER> (fine-tune every layer from LAYER on: TAPS's manual baseline).
+
 Backbones (files from $K4P1_DATA_DIR, or --config.backbone.weights / model_file):
   ssd   the featurizer of a real SSDLite-MobileNetV2 person detector (COCO -> VOC person), read
         from its frozen_inference_graph.pb (k4p1.backbones.tf1_import);
@@ -48,6 +51,25 @@ REGIMES = {
     "scale_bias_depthwise_last_layer": "scale_bias,depthwise,last_layer",
     "full_fine_tuning": "full,last_layer",
 }
+# Regimes named by a pattern (accepted by regimes=, not in the default seven):
+#   taps_lam<N>       TAPS at lam = N / 100 + task-specific BN + last layer (taps_lam25: 0.25)
+#   top_from_<LAYER>  fine-tune every layer from LAYER on (a private copy) + last layer: TAPS's
+#                     manual baseline at a chosen parameter budget
+PATTERN_REGIMES = {"taps_lam": lambda n: f"taps(lam={int(n) / 100:g}),scale_bias,last_layer",
+                   "top_from_": lambda layer: f"top(start={layer}),last_layer"}
+
+
+def regime_patch(name: str) -> str:
+  """The patch of a regime: one of REGIMES or of the PATTERN_REGIMES."""
+  if name in REGIMES:
+    return REGIMES[name]
+  for prefix, make in PATTERN_REGIMES.items():
+    rest = name[len(prefix):]
+    if name.startswith(prefix) and rest and (rest.isdigit() or prefix == "top_from_"):
+      return make(rest)
+  raise KeyError(name)
+
+
 BACKBONES = ("ssd", "dogs")
 DATASETS = {
     "cifar10": dict(source="cifar10_tarball", augment="none", flip=True),
@@ -103,10 +125,16 @@ def _options(arg):
   if opts["statistics"] not in STATISTICS:
     raise ConfigError(f"configs/transfer_table.py: statistics must be one of {STATISTICS}. "
                       f"Received: {arg!r}")
-  unknown = [r for r in opts["regimes"].split(",") if r not in REGIMES]
+  unknown = []
+  for r in opts["regimes"].split(","):
+    try:
+      regime_patch(r)
+    except KeyError:
+      unknown.append(r)
   if unknown:
     raise ConfigError(f"configs/transfer_table.py: unknown regimes {unknown}. Known: "
-                      f"{', '.join(REGIMES)}. Received: {arg!r}")
+                      f"{', '.join(REGIMES)}, taps_lam<N> (lam = N/100), top_from_<LAYER>. "
+                      f"Received: {arg!r}")
   if (opts["dataset"] == "-") != bool(opts["data"]):
     raise ConfigError(f"configs/transfer_table.py: give DATASET, or '-' with data=SOURCE:PATH. "
                       f"Received: {arg!r}")
@@ -139,8 +167,8 @@ def get_config(arg="ssd,cifar10,0.045"):
     # statistics: where the scale-and-bias patches' BN statistics come from (batch: the
     # target's batch statistics, then recomputed; frozen: the backbone's; recompute: the
     # target's, recomputed first and kept).
-    c.tasks[name] = task_config(dataset=data, patch=REGIMES[name], epochs=o["epochs"], lr=o["lr"],
-                                statistics=o["statistics"])
+    c.tasks[name] = task_config(dataset=data, patch=regime_patch(name), epochs=o["epochs"],
+                                lr=o["lr"], statistics=o["statistics"])
   c.task_order = o["regimes"]
   c.export.enabled = False
   if o["smoke"]:

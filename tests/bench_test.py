@@ -32,10 +32,13 @@ class BenchSmokeTest(tf.test.TestCase):
     regimes = [r["regime"] for r in result["results"]]
     self.assertEqual(regimes, ["full_fine_tuning", "full_fine_tuning_stock_keras_bn",
                                "scale_bias_batch_stats",
-                               "scale_bias_frozen_stats", "depthwise_last_layer",
+                               "scale_bias_frozen_stats", "depthwise_last_layer", "taps",
                                "last_layer_only", "reference_plain_step",
                                "scale_bias_frozen_stats_stock_keras"])
     self.assertGreater(result["step_machinery_ratio"], 0)
+    ips = {r["regime"]: r["images_per_second"] for r in result["results"]}
+    self.assertAlmostEqual(result["taps_ratio_to_scale_bias"],
+                           ips["taps"] / ips["scale_bias_batch_stats"], delta=0.01)
     for r in result["results"]:
       self.assertGreater(r["images_per_second"], 0)
       self.assertGreater(r["cpu_ms_per_image"], 0)
@@ -43,6 +46,28 @@ class BenchSmokeTest(tf.test.TestCase):
                              r["images_per_second"] / result["results"][0]["images_per_second"],
                              delta=0.01)
     self.assertTrue(result["smoke"])
+
+  def test_taps_table_smoke(self):
+    data_dir = os.environ.get("K4P1_DATA_DIR", "")
+    needed = [os.path.join(data_dir, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5"),
+              os.path.join(data_dir, "cifar10", "cifar10_jpeg.tar.gz")]
+    if not data_dir or not all(os.path.exists(p) for p in needed):
+      self.skipTest("K4P1_DATA_DIR does not hold the dogs MobileNetV2 and CIFAR-10 (the shared "
+                    "data): set K4P1_DATA_DIR=../shared/data")
+    out_dir = tempfile.mkdtemp()
+    result = self._run_smoke("taps_table.py", f"--plot={out_dir}/a.png",
+                             f"--layer_map={out_dir}/m.png", f"--table={out_dir}/t.md",
+                             "--lams=50")
+    by = {r["regime"]: r for r in result["rows"]}
+    top = result["top_regimes"]["cifar10"]
+    self.assertEqual(set(by), {"last_layer", "scale_bias_last_layer", "full_fine_tuning",
+                               "taps_lam50", top})
+    taps = by["taps_lam50"]["taps"]
+    self.assertEqual(len(taps["layers"]), len(taps["active"]))
+    # The manual baseline fine-tunes at least what TAPS added (the latest such start).
+    self.assertGreaterEqual(by[top]["task_specific"], taps["added_parameters"])
+    for name in ("a.png", "m.png", "t.md"):
+      self.assertTrue(os.path.getsize(os.path.join(out_dir, name)) > 0)
 
   def test_digits_transfer_smoke(self):
     result = self._run_smoke("digits_transfer.py")

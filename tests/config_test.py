@@ -72,7 +72,15 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
                      {("arrays", "/d/signs.npz", 4.0)})
     self.assertEqual(spec.backbone.input_size, 96)
     self.assertEqual(spec.tasks[1].patch.option("scale_bias", "statistics"), "recompute")
+    named = module.get_config("dogs,cifar10,0.0045,regimes=taps_lam25+top_from_block_14_expand")
+    with named.unlocked():
+      named.backbone.model_file = named.backbone.model_file or "/some/model.h5"
+    taps, top = experiment.resolve(named).tasks
+    self.assertEqual((taps.name, taps.patch.option("taps", "lam")), ("taps_lam25", 0.25))
+    self.assertEqual(taps.patch.kinds, frozenset({"taps", "scale_bias"}))
+    self.assertEqual(top.patch.option("top", "start"), "block_14_expand")
     for bad, message in (("ssd,cifar10,0.1,regimes=lastlayer", "unknown regimes"),
+                         ("ssd,cifar10,0.1,regimes=taps_lamx", "taps_lam<N>"),
                          ("ssd,cifar10,0.1,statistics=mean", "statistics must be one of"),
                          ("ssd,-,0.1", "give DATASET, or '-' with data")):
       with self.assertRaisesRegex(config_lib.ConfigError, message):

@@ -79,7 +79,8 @@ def patch_model(base: keras.Model, task: str, patch: PatchSpec) -> PatchedModel:
   def clone_function(layer):
     out = layer
     for k in kinds:
-      if isinstance(layer, k.targets) and (k.applies is None or k.applies(layer, graph)):
+      if isinstance(layer, k.targets) and (k.applies is None or
+                                           k.applies(layer, graph, options[k.name])):
         out = k.build(out, task, options[k.name])
         triples.append((out, layer, k.name))
     return out  # unmatched layers: the same object, shared with the base

@@ -53,7 +53,8 @@ class PatchKind:
     build: (base_layer, task, options) -> the task's layer. `base_layer` may already be
       another kind's patch layer when kinds compose (a wrapping kind after a replacing one).
     options: a frozen dataclass of the kind's options; fields are typed and have defaults.
-    applies: optional (layer, graph: PatchGraph) -> bool, a further test on top of `targets`.
+    applies: optional (layer, graph: PatchGraph, options) -> bool, a further test on top of
+      `targets`.
     conflicts: kinds it cannot be combined with in one task.
     init: optional (task_layer, base_layer) -> None that makes a fresh task layer compute what
       the base layer computes; default `task_layer.init_from_base(base_layer)`.

@@ -48,7 +48,7 @@ class BiasPatch(ChannelWrapperPatch):
     return inner
 
 
-def _has_linear_bias(layer, graph) -> bool:
+def _has_linear_bias(layer, graph, options=None) -> bool:
   if isinstance(layer, keras.layers.BatchNormalization):
     return True
   return bool(getattr(layer, "use_bias", False)) and \

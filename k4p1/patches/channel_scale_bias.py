@@ -54,6 +54,6 @@ PATCH_KINDS.register("channel_scale_bias", PatchKind(
              keras.layers.Dense),
     build=lambda layer, task, options: ChannelScaleBiasPatch(layer, task=task,
                                                              base_name=layer.name),
-    applies=lambda layer, graph: layer.name not in graph.followed_by_bn(),
+    applies=lambda layer, graph, options: layer.name not in graph.followed_by_bn(),
     target_text="conv/dense layer without BN after it",
     order=40))
