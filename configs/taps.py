@@ -11,6 +11,8 @@ ARG: an optional variant, then key=value options, comma separated:
              data=, size=, steps=, lr=, ...)
   smoke      the embedded digits (offline): a MobileNetV2 0.35 @32 learns digits 0-4 from random
              weights, then TAPS adapts it to digits 5-9 (a few dozen steps)
+  vit        the compact ViT (k4p1/backbones/vit.py) instead, random weights: TAPS gates its
+             attention projections and MLP layers (no BN: taps + last layer)
   joint      joint TAPS (the paper's Eq. 4): two tasks train together, the shared base included,
              each with its own deltas, BN and classifier, every step a batch of each task
              (smoke: the digits halves; else CIFAR-10 and Fashion-MNIST on the dogs backbone
@@ -22,6 +24,7 @@ Run:
   python train.py --config=configs/taps.py --mode=params --workdir=/tmp/k4p1_taps
   python train.py --config=configs/taps.py:smoke --workdir=/tmp/k4p1_taps_smoke
   python train.py --config=configs/taps.py:smoke,joint,lam=1.0 --workdir=/tmp/k4p1_taps_joint
+  python train.py --config=configs/taps.py:smoke,vit --workdir=/tmp/k4p1_taps_vit
   K4P1_DATA_DIR=../shared/data python train.py \
       --config=configs/taps.py:backbone=dogs,data=cifar10,size=64,lam=0.25 --workdir=/tmp/t
 """
@@ -32,13 +35,15 @@ from k4p1.config import ConfigError, base_config, config_file, dataset_config, t
 
 TAPS_KEYS = {"lam": float, "tau": float, "init": float, "score_lr": float,
              "warmup_steps": int, "l1_divisor": float}
-VARIANTS = ("smoke", "joint")
+VARIANTS = ("smoke", "joint", "vit")
 
 
-def taps_patch(options: dict) -> str:
-  """'taps(lam=0.5,...),scale_bias,last_layer' with the given options."""
+def taps_patch(options: dict, batch_norm: bool = True) -> str:
+  """'taps(lam=0.5,...),scale_bias,last_layer' with the given options (no scale_bias for a
+  backbone without BN, e.g. the ViT)."""
   inner = ",".join(f"{k}={v}" for k, v in options.items())
-  return f"taps({inner}),scale_bias,last_layer" if inner else "taps,scale_bias,last_layer"
+  taps = f"taps({inner})" if inner else "taps"
+  return f"{taps},scale_bias,last_layer" if batch_norm else f"{taps},last_layer"
 
 
 def _split(arg):
@@ -68,13 +73,17 @@ def _digits(c):
 
 def get_config(arg=None):
   variants, options, rest = _split(arg)
-  patch = taps_patch(options)
+  vit = "vit" in variants or any(item == "backbone=vit" for item in rest)
+  patch = taps_patch(options, batch_norm=not vit)
   if "smoke" in variants:
     if rest:
       raise ConfigError(f"configs/taps.py: smoke takes only TAPS options "
-                        f"({', '.join(TAPS_KEYS)}) and joint. Received: {arg!r}")
+                        f"({', '.join(TAPS_KEYS)}), joint and vit. Received: {arg!r}")
     c = base_config()
     low, high = _digits(c)
+    if vit:  # a ViT 64 wide, 4 blocks deep: TAPS gates its attention projections and MLPs
+      c.backbone.update(name="vit", alpha=0.35)
+      c.optimizer.lr = 0.001
     if "joint" in variants:
       c.tasks.digits_0_4 = task_config(dataset=low, patch=patch, lr=0.01)
       c.tasks.digits_5_9 = task_config(dataset=high, patch=patch, lr=0.01)
@@ -88,6 +97,8 @@ def get_config(arg=None):
       c.task_order = "digits_0_4,digits_5_9"
     c.export.tasks = c.task_order
     return c
+  if "vit" in variants:
+    rest.append("backbone=vit")
   if "joint" in variants:
     if rest:
       raise ConfigError(f"configs/taps.py: joint takes only TAPS options "

@@ -14,7 +14,8 @@ The paper's setup:
 Keys (default):
   regime (scale_bias)  a row of REGIMES below: its patch, statistics and learning rate.
   backbone (mobilenet_v2)  mobilenet_v2 (1.0 @224, ImageNet), inception_v3 (@299, batch 16),
-                       resnet50, dogs (the trained MobileNetV2 1.0 @160 in
+                       resnet50, vit (k4p1's compact ViT-Ti, random weights), dogs (the
+                       trained MobileNetV2 1.0 @160 in
                        $K4P1_DATA_DIR/mobilenet_v2_1.0_160_dogs), ssd (the SSDLite featurizer in
                        $K4P1_DATA_DIR/ssdlite_mobilenet_v2_person).
   data (tfds:oxford_flowers102)  SOURCE[:PATH or tfds NAME]: image_folder:ROOT (ROOT/train/<class>/,
@@ -72,6 +73,7 @@ BACKBONES = {
     "mobilenet_v2": (lambda: dict(name="mobilenet_v2"), 32),
     "inception_v3": (lambda: dict(name="inception_v3", input_size=299), 16),
     "resnet50": (lambda: dict(name="keras_application", application="ResNet50"), 32),
+    "vit": (lambda: dict(name="vit", weights="none"), 32),
     "dogs": (lambda: dict(name="keras_file", input_size=0, model_file=_data_file(
         "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5")), 32),
     "ssd": (lambda: dict(name="ssd_mobilenet_v2", input_size=300, weights=_data_file(

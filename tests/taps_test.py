@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from k4p1 import experiment, export, patches
-from k4p1.analysis.taps import taps_summary
+from k4p1.analysis.taps import gated_layers, taps_summary
 from k4p1.backbones import Backbone
 from k4p1.errors import ConfigError
 from k4p1.export import serving_function
@@ -155,6 +155,84 @@ class GatedLayerTest(tf.test.TestCase):
       TapsPatch(keras.layers.BatchNormalization(name="bn"), task="t")
     with self.assertRaisesRegex(ValueError, "SeparableConv2D"):
       TapsPatch(keras.layers.SeparableConv2D(2, 3, name="sep"), task="t")
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _attention_np(x, w, b, key_dim):
+  """Keras MultiHeadAttention (self-attention, no mask) in float64 from its kernels/biases."""
+  q, k, v = (np.einsum("btd,dhk->bthk", x, w[u]) + b[u] for u in ("query", "key", "value"))
+  scores = np.einsum("bshk,bthk->bhts", k, q / np.sqrt(key_dim))
+  out = np.einsum("bhts,bshk->bthk", _softmax(scores), v)
+  return np.einsum("bthk,hkd->btd", out, w["output"]) + b["output"]
+
+
+class GatedAttentionTest(tf.test.TestCase):
+  """A MultiHeadAttention's four projections are four gated units."""
+
+  def test_against_numpy_per_unit_and_folds(self):
+    keras.utils.set_random_seed(0)
+    mha = keras.layers.MultiHeadAttention(2, 3, name="attention")
+    x = np.random.RandomState(0).randn(2, 5, 6).astype(np.float32)
+    mha(x, x)
+    patch = TapsPatch(mha, task="t")
+    patch(x, x)
+    self.assertEqual(patch.units, ["query", "key", "value", "output"])
+    self.assertEqual([v.name for v in patch.scores],
+                     ["score_query", "score_key", "score_value", "score_output"])
+    rng = np.random.RandomState(1)
+    for d in patch.deltas:
+      d.assign(rng.randn(*d.shape).astype(np.float32) * 0.3)
+    dense = {u: getattr(mha, f"_{u}_dense") for u in patch.units}
+    w = {u: base_kernel(l).numpy().astype(np.float64) for u, l in dense.items()}
+    b = {u: l.bias.numpy().astype(np.float64) for u, l in dense.items()}
+    deltas = {u: d.numpy().astype(np.float64) for u, d in zip(patch.units, patch.deltas)}
+    x64 = x.astype(np.float64)
+    for on in ((), ("query",), ("value", "output"), tuple(patch.units)):
+      with self.subTest(on=on):
+        for unit, score in zip(patch.units, patch.scores):
+          score.assign(0.5 if unit in on else 0.0)
+        self.assertEqual(patch.active_units, [u in on for u in patch.units])
+        merged = {u: w[u] + (deltas[u] if u in on else 0.0) for u in patch.units}
+        self.assertAllClose(patch(x, x), _attention_np(x64, merged, b, 3), rtol=1e-5,
+                            atol=1e-5)
+        self.assertLen(patch.omitted_variables(), 4 - len(on))
+        plain = patch.to_plain("plain")
+        self.assertIsInstance(plain, keras.layers.MultiHeadAttention)
+        self.assertAllClose(plain(x, x), patch(x, x), rtol=1e-5, atol=1e-5)
+    self.assertAllClose(patch.delta_size, 4 * 6 * 2 * 3)
+
+  def test_vit_backbone_gates_attention_and_mlp(self):
+    from k4p1.backbones import build_backbone
+    from k4p1.config import BackboneSpec
+    models = TaskModels(build_backbone(BackboneSpec("vit", alpha=0.35, input_size=32,
+                                                    weights="none")))
+    plain = models.add(tiny_task("p", "last_layer"), 3)
+    task = models.add(tiny_task("t", "taps,last_layer"), 3)
+    task.head.set_weights(plain.head.get_weights())
+    s = taps_summary(models, "t")
+    # 4 blocks of (4 projections + 2 MLP layers) + the patch embedding.
+    self.assertLen(s["layers"], 25)
+    self.assertEqual((s["active_layers"], s["active_fraction"]), (25, 1.0))
+    self.assertIn("block0_attention/query", s["layers"])
+    weights = sum(int(np.prod(l.kernel.shape)) for l in models.base.layers
+                  if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense)))
+    weights += sum(int(np.prod(base_kernel(getattr(l, f"_{u}_dense")).shape))
+                   for l in models.base.layers if isinstance(l, keras.layers.MultiHeadAttention)
+                   for u in ("query", "key", "value", "output"))
+    self.assertEqual(s["possible_parameters"], weights)
+    x = random_images(2)
+    self.assertAllEqual(task.model(x, training=False), plain.model(x, training=False))
+    for layer in gated_layers(models, "t"):
+      for d in layer.deltas:
+        d.assign(np.random.RandomState(2).randn(*d.shape).astype(np.float32) * 0.05)
+    expected = task.model(x, training=False).numpy()
+    self.assertGreater(np.abs(expected - plain.model(x, training=False).numpy()).max(), 1e-2)
+    self.assertAllClose(fold_task(models, "t")(x), expected, rtol=1e-5,
+                        atol=1e-5 * np.abs(expected).max())
 
 
 class PenaltyAndOptionsTest(tf.test.TestCase):

@@ -25,23 +25,31 @@ def gated_layers(models: TaskModels, name: str) -> list[TapsPatch]:
 def taps_summary(models: TaskModels, name: str) -> Optional[dict]:
   """Per task: gated layers, which are active, and the parameters they add.
 
-  Returns None when the task has no taps patch, else a dict with: layers (base layer names),
-  types, sizes (parameters each adds while active), scores, active (bools), active_layers,
+  Returns None when the task has no taps patch, else a dict with, per gated unit (a layer, or
+  `<layer>/query` etc. for an attention layer's projections): layers (names), types, sizes
+  (parameters each adds while active), scores, active (bools); and active_layers,
   active_fraction, added_parameters (active deltas), possible_parameters (every delta).
   """
   gated = gated_layers(models, name)
   if not gated:
     return None
-  active = [layer.active for layer in gated]
-  sizes = [layer.delta_size for layer in gated]
+  names, types, sizes, scores, active = [], [], [], [], []
+  for layer in gated:  # one entry per gated unit: a layer, or one projection of an attention
+    for unit, size, score, on in zip(layer.units, layer.unit_sizes, layer.scores,
+                                     layer.active_units):
+      names.append(f"{layer.base_name}/{unit}" if unit else layer.base_name)
+      types.append(type(layer.layer).__name__ + (f".{unit}" if unit else ""))
+      sizes.append(size)
+      scores.append(round(float(score.numpy()), 6))
+      active.append(on)
   return {
-      "layers": [layer.base_name for layer in gated],
-      "types": [type(layer.layer).__name__ for layer in gated],
+      "layers": names,
+      "types": types,
       "sizes": sizes,
-      "scores": [round(float(layer.score.numpy()), 6) for layer in gated],
+      "scores": scores,
       "active": active,
       "active_layers": sum(active),
-      "active_fraction": sum(active) / len(gated),
+      "active_fraction": sum(active) / len(active),
       "added_parameters": sum(s for s, a in zip(sizes, active) if a),
       "possible_parameters": sum(sizes),
   }
@@ -64,11 +72,12 @@ def format_taps_layers(models: TaskModels, name: str, trained: bool = True) -> s
             f"{s['possible_parameters']:,} parameters ({100 * s['possible_parameters'] / shared:.1f}% "
             f"of the shared base)")
   width = max(len(n) for n in s["layers"])
-  lines = [head, f"  {'#':>3}  {'layer':<{width}}  {'type':<16}{'params if active':>17}" +
+  tw = max(16, max(len(t) for t in s["types"]) + 2)
+  lines = [head, f"  {'#':>3}  {'layer':<{width}}  {'type':<{tw}}{'params if active':>17}" +
            ("     score  state" if trained else "")]
   for i, (layer, kind, size, score, on) in enumerate(zip(
       s["layers"], s["types"], s["sizes"], s["scores"], s["active"])):
-    line = f"  {i:>3}  {layer:<{width}}  {kind:<16}{size:>17,}"
+    line = f"  {i:>3}  {layer:<{width}}  {kind:<{tw}}{size:>17,}"
     if trained:
       line += f"  {score:>8.4f}  {'task-specific' if on else 'shared'}"
     lines.append(line)

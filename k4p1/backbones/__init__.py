@@ -121,4 +121,4 @@ def weights_fingerprint(variables) -> str:
 
 
 # The builders register themselves on import.
-from k4p1.backbones import ssd, vision  # noqa: E402,F401
+from k4p1.backbones import ssd, vision, vit  # noqa: E402,F401

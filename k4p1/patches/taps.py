@@ -1,12 +1,12 @@
 """TAPS (Wallingford et al., CVPR 2022): training decides which layers become task-specific.
 
-Every gateable layer (Conv2D, DepthwiseConv2D, Dense, EinsumDense) of the shared base gets a
-task-owned weight delta `dw` (zeros at first) and one scalar score `s`; the task's layer
-computes with
+Every gateable layer (Conv2D, DepthwiseConv2D, Dense, EinsumDense; a MultiHeadAttention's four
+projections) of the shared base gets a task-owned weight delta `dw` (zeros at first) and one
+scalar score `s`; the task's layer computes with
 
     w = w_base + I(s >= tau) * dw
 
-and the task's loss gains `lam / L * sum_i |s_i|` (L: the number of gated layers), so training
+and the task's loss gains `lam / L * sum_i |s_i|` (L: the number of gated units), so training
 turns layers off unless their delta pays for itself. The gate's gradient is straight-through:
 d w / d s = dw, the derivative of `w_base + s * dw` (the paper's Eq. 3 and Algorithm 1).
 A layer whose score ends below tau costs nothing: its delta is left out of the patch file and
@@ -43,13 +43,24 @@ import numpy as np
 from k4p1.patches.base import PATCH_KINDS, PatchKind, PatchLayer, to_plain
 
 GATEABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense,
-            keras.layers.EinsumDense)
+            keras.layers.EinsumDense, keras.layers.MultiHeadAttention)
+# A MultiHeadAttention layer keeps four projections (EinsumDense) inside it: each is a gated
+# unit with its own score and delta, as separate layers would be.
+MHA_UNITS = ("query", "key", "value", "output")
 
 
 def base_kernel(layer):
   """The kernel variable of a conv/dense layer (Keras keeps it in `_kernel` behind a `kernel`
   property, except in DepthwiseConv2D)."""
   return layer._kernel if hasattr(layer, "_kernel") else layer.kernel
+
+
+def gated_units(layer) -> list[tuple[str, object]]:
+  """[(unit name, kernel variable)] TAPS gates in `layer`: ('', kernel) for a conv/dense layer,
+  one per projection of a MultiHeadAttention ('query', 'key', 'value', 'output')."""
+  if isinstance(layer, keras.layers.MultiHeadAttention):
+    return [(unit, base_kernel(getattr(layer, f"_{unit}_dense"))) for unit in MHA_UNITS]
+  return [("", base_kernel(layer))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +108,15 @@ def gate(score, tau: float):
 
 @keras.saving.register_keras_serializable(package="k4p1")
 class TapsPatch(PatchLayer, keras.layers.Wrapper):
-  """A shared conv/dense layer computing with `w_base + I(s >= tau) * dw` for one task.
+  """A shared layer computing with `w_base + I(s >= tau) * dw` for one task, per gated unit.
+
+  A conv/dense layer is one unit (variables `score`, `delta`); a MultiHeadAttention is four,
+  its query, key, value and output projections (`score_query`, `delta_query`, ...).
 
   Args:
-    layer: the shared layer (Conv2D, DepthwiseConv2D, Dense or EinsumDense); never modified.
-    task: the task owning `score` and `delta`.
+    layer: the shared layer (Conv2D, DepthwiseConv2D, Dense, EinsumDense or
+      MultiHeadAttention); never modified.
+    task: the task owning the scores and deltas.
     tau, init: see TapsOptions.
   """
 
@@ -123,54 +138,91 @@ class TapsPatch(PatchLayer, keras.layers.Wrapper):
   def build(self, input_shape=None):
     if not self.layer.built:
       self.layer.build(input_shape)
-    self.score = self.add_weight(name="score", shape=(),
-                                 initializer=keras.initializers.Constant(self.init))
-    self.delta = self.add_weight(name="delta", shape=base_kernel(self.layer).shape,
-                                 initializer="zeros")
+    self.units, self.scores, self.deltas = [], [], []
+    for unit, kernel in gated_units(self.layer):
+      suffix = f"_{unit}" if unit else ""
+      self.units.append(unit)
+      self.scores.append(self.add_weight(name=f"score{suffix}", shape=(),
+                                         initializer=keras.initializers.Constant(self.init)))
+      self.deltas.append(self.add_weight(name=f"delta{suffix}", shape=kernel.shape,
+                                         initializer="zeros"))
     self.built = True
 
   @property
+  def score(self):
+    """The score of a single-unit layer (conv/dense)."""
+    return self.scores[0]
+
+  @property
+  def delta(self):
+    """The delta of a single-unit layer (conv/dense)."""
+    return self.deltas[0]
+
+  def effective_kernels(self) -> list:
+    """[w_base + I(s >= tau) * dw] per unit."""
+    return [kernel + gate(score, self.tau) * delta for (_, kernel), score, delta in
+            zip(gated_units(self.layer), self.scores, self.deltas)]
+
+  @property
   def kernel(self):
-    """The effective kernel: w_base + I(s >= tau) * dw."""
-    return base_kernel(self.layer) + gate(self.score, self.tau) * self.delta
+    """The effective kernel of a single-unit layer: w_base + I(s >= tau) * dw."""
+    return self.effective_kernels()[0]
+
+  @property
+  def active_units(self) -> list[bool]:
+    """Whether each unit is task-specific now (eager)."""
+    return [float(keras.ops.convert_to_numpy(s)) >= self.tau for s in self.scores]
 
   @property
   def active(self) -> bool:
-    """Whether the layer is task-specific now (eager)."""
-    return bool(float(keras.ops.convert_to_numpy(self.score)) >= self.tau)
+    """Whether any unit of the layer is task-specific now (eager)."""
+    return any(self.active_units)
+
+  @property
+  def unit_sizes(self) -> list[int]:
+    """Parameters each unit adds to its task while active."""
+    return [int(np.prod(kernel.shape)) for _, kernel in gated_units(self.layer)]
 
   @property
   def delta_size(self) -> int:
-    """Parameters the layer adds to its task while active."""
-    return int(np.prod(base_kernel(self.layer).shape))
+    return sum(self.unit_sizes)
 
-  def call(self, inputs, training=None):
-    with keras.StatelessScope(state_mapping=[(base_kernel(self.layer), self.kernel)]):
-      return self.layer(inputs)
+  def call(self, inputs, *args, training=None, **kwargs):
+    mapping = [(kernel, effective) for (_, kernel), effective in
+               zip(gated_units(self.layer), self.effective_kernels())]
+    with keras.StatelessScope(state_mapping=mapping):
+      return self.layer(inputs, *args, training=training, **kwargs)
 
-  def compute_output_shape(self, input_shape):
-    return self.layer.compute_output_shape(input_shape)
+  def compute_output_spec(self, *args, **kwargs):
+    kwargs.pop("training", None)
+    return self.layer.compute_output_spec(*args, **kwargs)
+
+  def compute_output_shape(self, *args, **kwargs):
+    return self.layer.compute_output_shape(*args, **kwargs)
 
   def init_from_base(self, base):
-    self.score.assign(self.init)
-    self.delta.assign(keras.ops.zeros_like(self.delta))
+    for score, delta in zip(self.scores, self.deltas):
+      score.assign(self.init)
+      delta.assign(keras.ops.zeros_like(delta))
 
   def own_variables(self) -> list:
-    return [self.score, self.delta]
+    return self.scores + self.deltas
 
   def learned_variables(self) -> list:
-    return [self.score, self.delta]
+    return self.scores + self.deltas
 
   def omitted_variables(self) -> list:
-    """What a patch file may leave out: an inactive layer's delta (it changes no output)."""
-    return [] if self.active else [self.delta]
+    """What a patch file may leave out: inactive units' deltas (they change no output)."""
+    return [d for d, on in zip(self.deltas, self.active_units) if not on]
 
   def to_plain(self, name: str) -> keras.layers.Layer:
-    """The wrapped layer's plain copy with the delta merged in while the gate is on."""
+    """The wrapped layer's plain copy with the active deltas merged in."""
     plain = to_plain(self.layer, name)
-    if self.active:
-      base_kernel(plain).assign(keras.ops.convert_to_numpy(base_kernel(self.layer)) +
-                           keras.ops.convert_to_numpy(self.delta))
+    for (_, kernel), (_, plain_kernel), delta, on in zip(
+        gated_units(self.layer), gated_units(plain), self.deltas, self.active_units):
+      if on:
+        plain_kernel.assign(keras.ops.convert_to_numpy(kernel) +
+                            keras.ops.convert_to_numpy(delta))
     return plain
 
   def get_config(self):
@@ -180,11 +232,11 @@ class TapsPatch(PatchLayer, keras.layers.Wrapper):
 def penalty(layers: list, options: TapsOptions, step=None):
   """The task's L1 term, lam / L * sum |s| (0 during the first `warmup_steps` steps)."""
   ops = keras.ops
-  gated = [layer for layer in layers if isinstance(layer, TapsPatch)]
-  if not gated or options.lam == 0:
+  scores = [s for layer in layers if isinstance(layer, TapsPatch) for s in layer.scores]
+  if not scores or options.lam == 0:
     return None
-  divisor = options.l1_divisor or len(gated)
-  term = (options.lam / divisor) * ops.sum(ops.stack([ops.abs(l.score) for l in gated]))
+  divisor = options.l1_divisor or len(scores)  # L: gated units (a layer, or an MHA projection)
+  term = (options.lam / divisor) * ops.sum(ops.stack([ops.abs(s) for s in scores]))
   if options.warmup_steps and step is not None:
     term = ops.where(ops.greater_equal(step, options.warmup_steps), term, ops.zeros_like(term))
   return term
@@ -203,9 +255,9 @@ PATCH_KINDS.register("taps", PatchKind(
                                                  tau=options.tau, init=options.init),
     options=TapsOptions,
     conflicts=("depthwise",),
-    target_text="Conv2D, DepthwiseConv2D, Dense or EinsumDense",
+    target_text="Conv2D, DepthwiseConv2D, Dense, EinsumDense or MultiHeadAttention",
     describe=_describe,
     penalty=penalty,
-    rate=lambda layer, options: (("scores", [layer.score], options.score_lr)
+    rate=lambda layer, options: (("scores", list(layer.scores), options.score_lr)
                                  if options.score_lr else None),
     order=25))
