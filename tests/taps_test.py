@@ -352,6 +352,19 @@ class TapsOnMobileNetTest(tf.test.TestCase):
     self.assertEqual(task_parameters(models, "t")["components"]["taps"],
                      {"learned": 2_189_760 + 52, "fixed": 0})
 
+  def test_resnet50_gates_its_53_convolutions(self):
+    from k4p1.backbones import build_backbone
+    from k4p1.config import BackboneSpec
+    models = TaskModels(build_backbone(BackboneSpec(
+        "keras_application", application="ResNet50", input_size=64, weights="none")))
+    models.add(tiny_task("t", "taps,scale_bias,last_layer"), 10)
+    s = taps_summary(models, "t")
+    convs = [l for l in models.base.layers if isinstance(l, keras.layers.Conv2D)]
+    self.assertEqual(len(s["layers"]), 53)  # conv1, 16 blocks x 3, 4 projection shortcuts
+    self.assertEqual(sorted(s["layers"]), sorted(l.name for l in convs))
+    self.assertEqual(s["possible_parameters"],
+                     sum(int(np.prod(l.kernel.shape)) for l in convs))
+
   @pytest.mark.large  # ~30 s: a SavedModel and a TFLite conversion
   def test_saved_model_and_tflite_match_the_gated_model(self):
     backbone, models, task = self._models()
