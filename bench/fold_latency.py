@@ -6,6 +6,9 @@ not depend on values), each `keras.Model` called through one traced tf.function:
   patched    the task's k4p1 model (scale-and-bias + depthwise patches + classifier), unfolded
   folded     k4p1.export.fold.fold_task of that task (BN folded into the convolutions)
   folded_bn  fold_task(fold_batchnorm=False): the patch values in plain BN layers
+  taps_gated   a TAPS task (taps + scale_bias + last layer, every other layer gated on),
+               unfolded: each conv computes w + I(s >= tau) dw per call
+  taps_folded  fold_task of it: the active deltas merged into plain kernels
 Measured in interleaved rounds (machine drift hits all alike); the median per model counts,
 reported as milliseconds per batch and as a ratio to `base` (goal: folded <= 1.02).
 
@@ -56,9 +59,16 @@ def main(argv):
   x = ImageFrontend("tf")(images)
   x = keras.layers.GlobalAveragePooling2D()(backbone.model(x))
   base = keras.Model(images, keras.layers.Dense(100)(x), name="base")
+  taps = models.add(tiny_task("taps", "taps,scale_bias,last_layer"), num_classes=100)
+  from k4p1.analysis.taps import gated_layers
+  for i, layer in enumerate(gated_layers(models, "taps")):  # half on, with nonzero deltas
+    for score, delta in zip(layer.scores, layer.deltas):
+      score.assign(0.5 if i % 2 else 0.0)
+      delta.assign(np.full(delta.shape, 1e-3, np.float32))
   variants = {"base": base, "patched": task.model,
               "folded": fold_task(models, "task"),
-              "folded_bn": fold_task(models, "task", fold_batchnorm=False)}
+              "folded_bn": fold_task(models, "task", fold_batchnorm=False),
+              "taps_gated": taps.model, "taps_folded": fold_task(models, "taps")}
   results = []
   for batch in batch_sizes:
     data = tf.constant(np.random.RandomState(0).uniform(0, 255, (batch, size, size, 3)),

@@ -108,3 +108,12 @@ def smoke_run_workdir() -> str:
   if error:
     raise SmokeRunError(f"train.py --config={SMOKE_CONFIG} failed: {error}")
   return workdir
+
+
+def process_alive(pid: int) -> bool:
+  """Whether process `pid` exists and is not a zombie (read from /proc: Linux)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except (FileNotFoundError, ProcessLookupError):
+    return False

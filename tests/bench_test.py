@@ -113,7 +113,8 @@ class BenchSmokeTest(tf.test.TestCase):
   def test_fold_latency_smoke(self):
     result = self._run_smoke("fold_latency.py")
     models = [r["model"] for r in result["results"]]
-    self.assertEqual(models, ["base", "patched", "folded", "folded_bn"])
+    self.assertEqual(models, ["base", "patched", "folded", "folded_bn", "taps_gated",
+                              "taps_folded"])
     for r in result["results"]:
       self.assertGreater(r["ms_per_batch"], 0)
     self.assertEqual(result["results"][0]["ratio_to_base"], 1.0)

@@ -13,18 +13,9 @@ import time
 import tensorflow as tf
 
 from k4p1 import launch
-from k4p1.testing import REPO_ROOT
+from k4p1.testing import REPO_ROOT, process_alive
 
 FAKE = os.path.join(REPO_ROOT, "tests", "scripts", "fake_task.py")
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
-    return f.read().split(")")[-1].split()[0] != "Z"
 
 
 class LaunchTest(tf.test.TestCase):
@@ -54,7 +45,7 @@ class LaunchTest(tf.test.TestCase):
                   "[ps 0] hello from ps 0"):
       self.assertIn(label, out.getvalue())
     for pid in cluster.started_pids:  # workers and ps ran "forever": they were stopped
-      self.assertFalse(_alive(pid), f"process {pid} outlived the launcher")
+      self.assertFalse(process_alive(pid), f"process {pid} outlived the launcher")
 
   def test_a_dead_worker_is_restarted_and_restarts_are_bounded(self):
     os.environ["FAKE_CRASH"] = "worker:1"
@@ -69,14 +60,14 @@ class LaunchTest(tf.test.TestCase):
                    2)
     self.assertNotIn("ps", self._reports()[0]["cluster"])  # --ps=0: multi-worker mirrored
     for pid in cluster.started_pids:
-      self.assertFalse(_alive(pid))
+      self.assertFalse(process_alive(pid))
     # No restarts allowed: the launcher stops everything with the dead task's status.
     os.remove(os.path.join(self.dir, "crashed_worker_1"))
     cluster = launch.Cluster([sys.executable, FAKE], workers=2, ps=0, max_restarts=0,
                              grace_seconds=5, out=io.StringIO())
     self.assertEqual(cluster.run(timeout=60), 3)
     for pid in cluster.started_pids:
-      self.assertFalse(_alive(pid))
+      self.assertFalse(process_alive(pid))
 
   def test_sigterm_stops_every_process_it_started(self):
     env = {**os.environ, "FAKE_CHIEF_SECONDS": "100", "PYTHONPATH": REPO_ROOT}
@@ -98,7 +89,7 @@ class LaunchTest(tf.test.TestCase):
     self.assertEqual(proc.returncode, 130, out)
     self.assertIn("interrupted: stopping every process", out)
     for pid in pids:
-      self.assertFalse(_alive(pid), f"process {pid} outlived the launcher")
+      self.assertFalse(process_alive(pid), f"process {pid} outlived the launcher")
 
   def test_bad_input(self):
     out = subprocess.run([sys.executable, "-m", "k4p1.launch", "--workers=0", "--", "true"],

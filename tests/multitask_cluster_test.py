@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from k4p1.launch import in_private_network, private_network_available
-from k4p1.testing import REPO_ROOT
+from k4p1.testing import REPO_ROOT, process_alive
 
 SKIP = ("needs `unshare --user --net` and `ip` (a private network namespace), so that the "
         "cluster's servers are reachable from loopback only")
@@ -49,14 +49,6 @@ def _finish(proc, timeout: float = 500) -> str:
   return out
 
 
-def _alive(pid: int) -> bool:
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(")")[-1].split()[0] != "Z"
-  except FileNotFoundError:
-    return False
-
-
 @pytest.mark.large  # ~80 s: four TensorFlow processes on 2 cores
 class ParameterServerTrainingTest(tf.test.TestCase):
 
@@ -75,7 +67,7 @@ class ParameterServerTrainingTest(tf.test.TestCase):
     pids = [int(p) for p in re.findall(r"\]=(\d+)", out.split("pids", 1)[1].splitlines()[0])]
     self.assertLen(pids, 4)
     for pid in pids:
-      self.assertFalse(_alive(pid), f"process {pid} outlived the launcher")
+      self.assertFalse(process_alive(pid), f"process {pid} outlived the launcher")
     with open(os.path.join(workdir, "metrics.json")) as f:
       rows = json.load(f)["tasks"]
     # Every scheduled step ran exactly once, counted by k4p1's own counters on the ps.

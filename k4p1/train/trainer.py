@@ -342,39 +342,35 @@ class Trainer:
         iterators[t] = iter(self._distributed_batches(t, seed))
       run_step = lambda step: self._run(step_fns[sampler.task(step)],  # noqa: E731
                                         iterators[sampler.task(step)])
-    writers = {t: tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", t))
-               if self.is_chief else tf.summary.create_noop_writer() for t in phase.tasks}
-    progress = Progress(total, start, f"train joint ({', '.join(phase.tasks)})", train.progress)
+    writers = {t: self._writer(t) for t in phase.tasks}
     for m in self.task_metrics.values():
       m.read_and_reset()
-    t0, shown = time.time(), {}
     done_before = {t: int(c.numpy()) for t, c in task_counters.items()}
-    log_every, ckpt_every = max(1, train.log_every), max(1, train.checkpoint_every)
-    for step in range(start + 1, total + 1):
-      run_step(step)
-      if step % log_every == 0 or step == total:
-        self._sync()
-        for t in phase.tasks:
-          loss, acc, n = self.task_metrics[t].read_and_reset()
-          if n and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"Joint training: task {t}'s loss became {loss} within steps "
-                f"{step - log_every + 1}-{step}. Lower its learning rate.")
-          if n:
-            shown[f"{t}.loss"] = loss
-            with writers[t].as_default(step=step):
-              tf.summary.scalar("train/loss", loss)
-              tf.summary.scalar("train/accuracy", acc)
-      progress.update(step, **shown)
-      if step == total:
-        for t in phase.tasks:  # each task's own BN statistics (shared ones learned from all)
-          owned = {id(v) for v in self.models.task_variables(t)}
-          layers = [l for l in self.models.batch_statistics_layers(t)
-                    if l.weights and all(id(v) in owned for v in l.weights)]
-          self._recompute_statistics(t, train.seed + start, layers)
-      if step % ckpt_every == 0 or step == total:
-        self._sync()
-        self.manager.save(checkpoint_number=self._checkpoint_number())
+    shown = {}
+
+    def log(step, first):
+      for t in phase.tasks:
+        loss, acc, n = self.task_metrics[t].read_and_reset()
+        if n and not math.isfinite(loss):
+          raise FloatingPointError(
+              f"Joint training: task {t}'s loss became {loss} within steps {first}-{step}. "
+              f"Lower its learning rate.")
+        if n:
+          shown[f"{t}.loss"] = loss
+          with writers[t].as_default(step=step):
+            tf.summary.scalar("train/loss", loss)
+            tf.summary.scalar("train/accuracy", acc)
+      return shown
+
+    def finish():
+      for t in phase.tasks:  # each task's own BN statistics (shared ones learned from all)
+        owned = {id(v) for v in self.models.task_variables(t)}
+        layers = [l for l in self.models.batch_statistics_layers(t)
+                  if l.weights and all(id(v) in owned for v in l.weights)]
+        self._recompute_statistics(t, train.seed + start, layers)
+
+    t0 = time.time()
+    self._loop(f"train joint ({', '.join(phase.tasks)})", start, total, run_step, log, finish)
     seconds = time.time() - t0
     stats = {}
     for t in phase.tasks:
@@ -510,39 +506,61 @@ class Trainer:
         self.strategy, task.model, optimizer, variables, train.batch_size, task.num_classes,
         self.spec.optimizer.label_smoothing, metrics=self.metrics, counter=step_var,
         extra_groups=extra, penalty=lambda: self.models.penalty(name, step_var))
-    writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name)) \
-        if self.is_chief else tf.summary.create_noop_writer()
-    progress = Progress(total, start, f"train {phase.name}", train.progress)
+    writer = self._writer(name)
     self.metrics.read_and_reset()
+
+    def log(step, first):
+      loss, acc, _ = self.metrics.read_and_reset()  # the one host sync per log_every steps
+      if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"Task {name}: the loss became {loss} within steps {first}-{step}. Lower the "
+            f"learning rate (--config.optimizer.lr, now {float(optimizer.learning_rate):.4g}).")
+      with writer.as_default(step=step):
+        tf.summary.scalar("train/loss", loss)
+        tf.summary.scalar("train/accuracy", acc)
+        tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate))
+      return {"loss": loss, "acc": acc}
+
     t0 = time.time()
-    log_every = max(1, train.log_every)
-    ckpt_every = max(1, train.checkpoint_every)
-    shown = {}
-    for step in range(start + 1, total + 1):
-      self._run(step_fn, iterator)
-      if step % log_every == 0 or step == total:
-        self._sync()
-        loss, acc, _ = self.metrics.read_and_reset()  # the one host sync per log_every steps
-        if not math.isfinite(loss):
-          raise FloatingPointError(
-              f"Task {name}: the loss became {loss} within steps {step - log_every + 1}-{step}. "
-              f"Lower the learning rate (--config.optimizer.lr, now "
-              f"{float(optimizer.learning_rate):.4g}).")
-        shown = {"loss": loss, "acc": acc}
-        with writer.as_default(step=step):
-          tf.summary.scalar("train/loss", loss)
-          tf.summary.scalar("train/accuracy", acc)
-          tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate))
-      progress.update(step, **shown)
-      if step == total:
-        self._recompute_statistics(name, train.seed + start)
-      if step % ckpt_every == 0 or step == total:
-        self._sync()
-        self.manager.save(checkpoint_number=self._checkpoint_number())
+    self._loop(f"train {phase.name}", start, total, lambda step: self._run(step_fn, iterator),
+               log, lambda: self._recompute_statistics(name, train.seed + start))
     seconds = time.time() - t0
     images = (total - start) * train.batch_size
     return {"train_steps": total, "train_seconds": round(seconds, 2),
             "train_images_per_second": round(images / max(seconds, 1e-9), 2)}
+
+  def _writer(self, name: str):
+    """TensorBoard writer of `name` (per task), a no-op on other workers than the chief."""
+    if not self.is_chief:
+      return tf.summary.create_noop_writer()
+    return tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", name))
+
+  def _loop(self, title: str, start: int, total: int, run_step: Callable, log: Callable,
+            finish: Callable):
+    """The one training loop: steps start+1..total, a log every `log_every` steps, `finish`
+    after the last step, a checkpoint every `checkpoint_every` steps and at the end.
+
+    Args:
+      run_step: (step) -> None, runs (or schedules) one step.
+      log: (step, first step since the last log) -> values for the progress line; called
+        after waiting for every scheduled step, so it may read the metrics.
+      finish: () -> None, after the last step, before its checkpoint (statistics recompute).
+    """
+    train = self.spec.train
+    progress = Progress(total, start, title, train.progress)
+    log_every, ckpt_every = max(1, train.log_every), max(1, train.checkpoint_every)
+    shown = {}
+    for step in range(start + 1, total + 1):
+      run_step(step)
+      if step % log_every == 0 or step == total:
+        self._sync()
+        shown = log(step, max(start + 1, step - log_every + 1))
+      progress.update(step, **shown)
+      if step == total:
+        finish()
+      if step % ckpt_every == 0 or step == total:
+        self._sync()
+        self.manager.save(checkpoint_number=self._checkpoint_number())
 
   def train_task(self, name: str) -> dict:
     """Trains every phase of task `name` (a joint phase trains all its tasks together);
