@@ -51,6 +51,22 @@ class BackbonesTest(tf.test.TestCase):
     x = random_images(2) / 127.5 - 1
     self.assertAllClose(loaded(x), source(x), atol=0)
 
+  def test_vit_builds_offline_and_reloads_its_weights(self):
+    spec = BackboneSpec("vit", alpha=0.35, input_size=32, weights="none", seed=1)
+    source = build_backbone(spec)
+    self.assertEqual((source.input_size, source.preprocessing), (32, "tf"))
+    x = random_images(2) / 127.5 - 1
+    self.assertEqual(tuple(source.model(x).shape), (2, 64))  # width 64 at alpha 0.35
+    path = os.path.join(self.dir, "vit.weights.h5")
+    source.model.save_weights(path)
+    loaded = build_backbone(BackboneSpec("vit", alpha=0.35, input_size=32, weights=path,
+                                         seed=2)).model
+    self.assertAllClose(loaded(x), source.model(x), atol=0)
+    with self.assertRaisesRegex(ConfigError, "no downloadable ImageNet weights"):
+      build_backbone(BackboneSpec("vit", alpha=0.35, input_size=32, weights="imagenet"))
+    with self.assertRaisesRegex(ConfigError, "divisible by its patch size 4"):
+      build_backbone(BackboneSpec("vit", alpha=0.35, input_size=30, weights="none"))
+
   def test_missing_weights_file(self):
     with self.assertRaisesRegex(ConfigError, "weights file not found.*'none' for random"):
       build_backbone(BackboneSpec("mobilenet_v2", weights="/nonexistent/w.h5"))
