@@ -47,6 +47,18 @@ class BenchSmokeTest(tf.test.TestCase):
                              delta=0.01)
     self.assertTrue(result["smoke"])
 
+  def test_multitask_table_smoke(self):
+    result = self._run_smoke("multitask_table.py", "--noparameter_server")
+    rows = {r["regime"]: r for r in result["rows"]}
+    self.assertEqual(set(rows), {"patch", "last_layer", "independent"})
+    for r in rows.values():
+      self.assertEqual(set(r["accuracy"]), {"digits_0_4", "digits_5_9"})
+      self.assertEqual(set(r["steps"].values()), {40})
+    # The shared base counted once; independent models share nothing.
+    own = rows["independent"]["task_specific"]
+    self.assertEqual(rows["independent"]["total_parameters"], sum(own.values()))
+    self.assertGreater(rows["patch"]["total_parameters"], sum(rows["patch"]["task_specific"].values()))
+
   def test_taps_table_smoke(self):
     data_dir = os.environ.get("K4P1_DATA_DIR", "")
     needed = [os.path.join(data_dir, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5"),
