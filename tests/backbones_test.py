@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from k4p1.backbones import build_backbone
 from k4p1.config import BackboneSpec, ConfigError
+from k4p1.model import TaskModels
 from k4p1.testing import calibrated_mobilenet_v2, random_images
 
 SHARED_DATA = os.environ.get("K4P1_DATA_DIR", "")
@@ -108,6 +109,27 @@ class BackbonesTest(tf.test.TestCase):
     with self.assertRaisesRegex(ConfigError, "no nested model 'resnet'"):
       build_backbone(BackboneSpec("keras_file", model_file=path, nested_model="resnet"))
 
+  def test_keras_file_frozen_layers_are_learnable_again(self):
+    """A file saved with its base frozen (a classifier trained on a frozen backbone): every
+    weight of the backbone is learnable for joint training and train_base, BN statistics not."""
+    inner = calibrated_mobilenet_v2(seed=3).model
+    learnable = sum(v.trainable for v in inner.variables)
+    inner.trainable = False
+    for layer in inner.layers[-5:]:
+      layer.trainable = True
+    inputs = keras.Input((32, 32, 3))
+    outer = keras.Model(inputs, keras.layers.Dense(3)(
+        keras.layers.GlobalAveragePooling2D()(inner(inputs))))
+    path = os.path.join(self.dir, "frozen.keras")
+    outer.save(path)
+    for size in (0, 64):
+      b = build_backbone(BackboneSpec("keras_file", model_file=path, input_size=size))
+      self.assertEqual(sum(v.trainable for v in b.model.variables), learnable)
+      self.assertLen(TaskModels(b).shared_learnable_variables(), learnable)
+    x = random_images(2) / 127.5 - 1
+    b = build_backbone(BackboneSpec("keras_file", model_file=path, input_size=0))
+    self.assertAllClose(b.model(x), inner(x), rtol=1e-6, atol=1e-6)
+
   def test_shared_mobilenet_v2_dogs_file(self):
     path = os.path.join(SHARED_DATA, "mobilenet_v2_1.0_160_dogs", "dog_breed_mobilenetv2.h5")
     if not os.path.exists(path):
@@ -115,6 +137,8 @@ class BackbonesTest(tf.test.TestCase):
     b = build_backbone(BackboneSpec("keras_file", model_file=path, input_size=0))
     self.assertEqual((b.model.name, b.input_size), ("mobilenetv2_1.00_160", 160))
     self.assertEqual(b.model.count_params(), 2_257_984)
+    # The file froze most of it; k4p1 can train all of it: 52 kernels + 52 gammas + 52 betas.
+    self.assertEqual(sum(v.trainable for v in b.model.variables), 156)
 
 
 if __name__ == "__main__":

@@ -83,12 +83,32 @@ def build_keras_file(spec: BackboneSpec) -> Backbone:
     raise ConfigError(
         f"{spec.model_file}: expected exactly one nested backbone model, found "
         f"{[l.name for l in nested]}. Set backbone.nested_model to pick one.")
-  model = nested[0]
+  model = _unfrozen(nested[0])
   size = model.input_shape[1]
   if spec.input_size and spec.input_size != size:
     model = _at_input_size(model, spec.input_size, spec.model_file)
     size = spec.input_size
   return Backbone(model, size, spec.preprocessing or "tf", spec)
+
+
+def _unfrozen(model: keras.Model) -> keras.Model:
+  """`model` rebuilt with every layer trainable, same weights.
+
+  A file saved with frozen layers (`trainable=False`, as a classifier trained on a frozen base
+  is) creates their variables as non-trainable, which no later `trainable = True` undoes in
+  Keras 3. Which weights a task trains is its patch's choice (TaskModels), not the file's, so
+  the layers are rebuilt from their configs without the flag; BN statistics stay
+  non-trainable, as every BN creates them.
+  """
+  config = model.get_config()
+  frozen = [layer for layer in config["layers"] if layer["config"].get("trainable") is False]
+  if not frozen:
+    return model
+  for layer in frozen:
+    layer["config"]["trainable"] = True
+  clone = model.__class__.from_config(config)
+  clone.set_weights(model.get_weights())
+  return clone
 
 
 def _at_input_size(model: keras.Model, size: int, where: str) -> keras.Model:
