@@ -3,7 +3,7 @@ r"""The paper's Table 4 on real data: two tasks trained jointly on one backbone,
 Runs `train.py --config=configs/multitask.py:REGIME` for each regime (CIFAR-10 + Fashion-MNIST on
 the trained MobileNetV2 1.0 @160 of $K4P1_DATA_DIR at the config's scale), and the `patch`
 regime again on a local parameter-server cluster (`python -m k4p1.launch --workers=2 --ps=1`,
-sampled steps), then writes per task accuracy, the run's total parameters (the shared base once
+sampled steps) and, as its control, with the same sampled steps in one process, then writes per task accuracy, the run's total parameters (the shared base once
 plus every task's own) and wall time to --out and a markdown table to stdout. A regime whose
 workdir already holds metrics.json is read, not rerun (delete it to measure again).
 
@@ -80,7 +80,8 @@ def main(argv):
   smoke = ",smoke" if _SMOKE.value else ""
   machine = common.machine()
   runs = [(r, f"{r}{smoke}", False) for r in _REGIMES.value]
-  if _PS.value:
+  if _PS.value:  # and its control: the same sampled steps in one process, synchronously
+    runs.append(("patch_sampled", f"patch{smoke},sampled", False))
     runs.append(("patch_parameter_server", f"patch{smoke},parameter_server", True))
   rows = [row(name, _run(name, arg, os.path.join(root, name), cluster))
           for name, arg, cluster in runs]
