@@ -36,8 +36,11 @@ _DATASETS = flags.DEFINE_list("datasets", ["cifar10", "fashion_mnist"], "Target 
 _LRS = flags.DEFINE_list("lrs", ["0.0015", "0.0045", "0.015"], "Learning rates.")
 _LAMS = flags.DEFINE_list("lams", ["25", "50", "100"], "TAPS lambdas, in hundredths.")
 _MATCH = flags.DEFINE_string("match", "50", "The lambda (hundredths) whose budget `top` matches.")
-_STATISTICS = flags.DEFINE_enum("statistics", "frozen", ["batch", "frozen", "recompute"],
-                                "Scale-and-bias statistics (TAPS's task-specific BN too).")
+_STATISTICS = flags.DEFINE_enum("statistics", "batch", ["batch", "frozen", "recompute"],
+                                "Scale-and-bias statistics (TAPS's task-specific BN too). "
+                                "TAPS needs batch: with frozen statistics the deltas move "
+                                "activations the fixed statistics cannot follow, and training "
+                                "collapsed to chance on the dogs backbone.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per regime, one rate, one dataset.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
 
