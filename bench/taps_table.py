@@ -41,6 +41,8 @@ _STATISTICS = flags.DEFINE_enum("statistics", "batch", ["batch", "frozen", "reco
                                 "TAPS needs batch: with frozen statistics the deltas move "
                                 "activations the fixed statistics cannot follow, and training "
                                 "collapsed to chance on the dogs backbone.")
+_SCORE_LR = flags.DEFINE_float("score_lr", 0.0, "TAPS scores' own rate (0: the cell's). In "
+                               "a 62-step cell the scores barely move at the cell's rate.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per regime, one rate, one dataset.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
 
@@ -130,7 +132,8 @@ def main(argv):
   datasets = _DATASETS.value[:1] if _SMOKE.value else _DATASETS.value
   lrs = _LRS.value[:1] if _SMOKE.value else _LRS.value
   taps_regimes = [f"taps_lam{lam}" for lam in _LAMS.value]
-  options = f"statistics={_STATISTICS.value}"
+  options = f"statistics={_STATISTICS.value}" + (f",score_lr={_SCORE_LR.value:g}"
+                                                 if _SCORE_LR.value else "")
   out = (None if _SMOKE.value else cells._load(_OUT.value)) or {
       "benchmark": "taps_table", "config": "configs/transfer_table.py", "smoke": _SMOKE.value,
       "backbone": _BACKBONE.value, "options": options, **common.machine(), "rows": [],

@@ -30,7 +30,8 @@ Options after BACKBONE,DATASET,LR (comma separated):
   statistics=batch|frozen|recompute  where the scale-and-bias patches' BN statistics come from
                   (`frozen` alone means statistics=frozen); regimes=a+b: a subset of REGIMES;
   data=SOURCE:PATH with DATASET '-': any local data (image_folder, arrays, ...);
-  size=N, train_examples=N, eval_examples=N, epochs=X: another scale; smoke: 2 steps each.
+  size=N, train_examples=N, eval_examples=N, epochs=X: another scale; smoke: 2 steps each;
+  score_lr=X: the TAPS regimes' scores at their own rate.
 
 Run one cell:
   K4P1_DATA_DIR=../shared/data python train.py \
@@ -55,18 +56,21 @@ REGIMES = {
 #   taps_lam<N>       TAPS at lam = N / 100 + task-specific BN + last layer (taps_lam25: 0.25)
 #   top_from_<LAYER>  fine-tune every layer from LAYER on (a private copy) + last layer: TAPS's
 #                     manual baseline at a chosen parameter budget
-PATTERN_REGIMES = {"taps_lam": lambda n: f"taps(lam={int(n) / 100:g}),scale_bias,last_layer",
-                   "top_from_": lambda layer: f"top(start={layer}),last_layer"}
+PATTERN_REGIMES = {"taps_lam": lambda n, score_lr: (
+                       f"taps(lam={int(n) / 100:g}" + (f",score_lr={score_lr:g}" if score_lr
+                                                       else "") + "),scale_bias,last_layer"),
+                   "top_from_": lambda layer, score_lr: f"top(start={layer}),last_layer"}
 
 
-def regime_patch(name: str) -> str:
-  """The patch of a regime: one of REGIMES or of the PATTERN_REGIMES."""
+def regime_patch(name: str, score_lr: float = 0.0) -> str:
+  """The patch of a regime: one of REGIMES or of the PATTERN_REGIMES (TAPS scores at
+  `score_lr` when given)."""
   if name in REGIMES:
     return REGIMES[name]
   for prefix, make in PATTERN_REGIMES.items():
     rest = name[len(prefix):]
     if name.startswith(prefix) and rest and (rest.isdigit() or prefix == "top_from_"):
-      return make(rest)
+      return make(rest, score_lr)
   raise KeyError(name)
 
 
@@ -92,7 +96,8 @@ STATISTICS = ("batch", "frozen", "recompute")
 USAGE = ("configs/transfer_table.py takes BACKBONE,DATASET,LR then options: frozen (= "
          "statistics=frozen), smoke, statistics=batch|frozen|recompute, regimes=a+b, "
          "data=SOURCE:PATH (instead of DATASET: write '-'), size=N, train_examples=N, "
-         "eval_examples=N, epochs=X. BACKBONE in {backbones}, DATASET in {datasets}; e.g. "
+         "eval_examples=N, epochs=X, score_lr=X. BACKBONE in {backbones}, DATASET in "
+         "{datasets}; e.g. "
          "'ssd,cifar10,0.045' or 'dogs,-,0.0015,data=image_folder:/data/signs,regimes="
          "last_layer+scale_bias_last_layer'. Received: {arg!r}")
 
@@ -109,7 +114,7 @@ def _options(arg):
     raise ConfigError(usage) from None
   opts = dict(backbone=parts[0], dataset=parts[1], lr=lr, smoke=False, statistics="batch",
               regimes=",".join(REGIMES), data="", size=SIZE, train_examples=TRAIN_EXAMPLES,
-              eval_examples=EVAL_EXAMPLES, epochs=EPOCHS)
+              eval_examples=EVAL_EXAMPLES, epochs=EPOCHS, score_lr=0.0)
   for item in parts[3:]:
     key, eq, value = item.partition("=")
     if not eq and key in ("smoke", "frozen"):
@@ -118,7 +123,7 @@ def _options(arg):
       opts[key] = value.replace("+", ",") if key == "regimes" else value
     elif eq and key in ("size", "train_examples", "eval_examples"):
       opts[key] = int(value)
-    elif eq and key == "epochs":
+    elif eq and key in ("epochs", "score_lr"):
       opts[key] = float(value)
     else:
       raise ConfigError(usage)
@@ -167,7 +172,8 @@ def get_config(arg="ssd,cifar10,0.045"):
     # statistics: where the scale-and-bias patches' BN statistics come from (batch: the
     # target's batch statistics, then recomputed; frozen: the backbone's; recompute: the
     # target's, recomputed first and kept).
-    c.tasks[name] = task_config(dataset=data, patch=regime_patch(name), epochs=o["epochs"],
+    c.tasks[name] = task_config(dataset=data, patch=regime_patch(name, o["score_lr"]),
+                                epochs=o["epochs"],
                                 lr=o["lr"], statistics=o["statistics"])
   c.task_order = o["regimes"]
   c.export.enabled = False

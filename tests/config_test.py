@@ -79,6 +79,8 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual((taps.name, taps.patch.option("taps", "lam")), ("taps_lam25", 0.25))
     self.assertEqual(taps.patch.kinds, frozenset({"taps", "scale_bias"}))
     self.assertEqual(top.patch.option("top", "start"), "block_14_expand")
+    fast = module.get_config("dogs,cifar10,0.0045,regimes=taps_lam100,score_lr=0.05")
+    self.assertEqual(fast.tasks.taps_lam100.patch, "taps(lam=1,score_lr=0.05),scale_bias,last_layer")
     for bad, message in (("ssd,cifar10,0.1,regimes=lastlayer", "unknown regimes"),
                          ("ssd,cifar10,0.1,regimes=taps_lamx", "taps_lam<N>"),
                          ("ssd,cifar10,0.1,statistics=mean", "statistics must be one of"),
