@@ -9,7 +9,8 @@ The tasks come from a training run or from patch files (no retraining):
                            is checked against that base (architecture and weights) first
 
 Outputs under --out (--formats, comma separated):
-  saved_model  saved_model/                 a signature per task (+ `mixed` with --mixed_tasks)
+  saved_model  saved_model/                 a signature per task (+ `mixed` with --mixed_tasks,
+                                            + `cascade` with --cascade or WORKDIR/cascade.json)
   serving      serving/models.config, serving/<--model_name>/<--serving_version>/
   tflite       tflite/all_tasks.<q>.tflite (a signature per task) and tflite/<task>.<q>.tflite,
                for each --quantization q in float32, dynamic, int8 (int8 calibrates on
@@ -39,6 +40,12 @@ _PATCHES = flags.DEFINE_list("patches", [], "Patch files (.k4p1.npz; globs allow
                              "--workdir: WORKDIR/patches/*.k4p1.npz.")
 _BASE_WEIGHTS = flags.DEFINE_string("base_weights", "", "A .weights.h5 of the base (default with "
                                     "--workdir: WORKDIR/base.weights.h5 if present).")
+_SHARED_HEAD = flags.DEFINE_string(
+    "shared_head", "", "The classifier tasks share (last_layer(shared=true)), stored once: "
+    "train.py's shared_head.npz (default with --workdir: WORKDIR/shared_head.npz if present).")
+_CASCADE = flags.DEFINE_string(
+    "cascade", "", "A cascade.json (train.py writes one with cascade.tasks): the SavedModel gets "
+    "its `cascade` signature (default with --workdir: WORKDIR/cascade.json if present).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (required).")
 _FORMATS = flags.DEFINE_list("formats", ["saved_model"],
                              "saved_model, serving, tflite, folded.")
@@ -65,9 +72,11 @@ def _sources():
     patches = _PATCHES.value or [os.path.join(_WORKDIR.value, "patches", "*.k4p1.npz")]
     base = _BASE_WEIGHTS.value or os.path.join(_WORKDIR.value, "base.weights.h5")
     base = base if os.path.exists(base) or _BASE_WEIGHTS.value else ""
+    head = _SHARED_HEAD.value or os.path.join(_WORKDIR.value, "shared_head.npz")
+    head = head if os.path.exists(head) or _SHARED_HEAD.value else ""
   else:
     config = config_lib.load(_CONFIG.value)
-    patches, base = _PATCHES.value, _BASE_WEIGHTS.value
+    patches, base, head = _PATCHES.value, _BASE_WEIGHTS.value, _SHARED_HEAD.value
     if not patches:
       raise ValueError("--config needs --patches=FILE[,FILE...] (the tasks to deploy).")
   paths = []
@@ -76,7 +85,7 @@ def _sources():
     if not found:
       raise FileNotFoundError(f"No patch file matches {pattern!r}.")
     paths.extend(found)
-  return config, paths, base
+  return config, paths, base, head
 
 
 def main(argv):
@@ -92,15 +101,15 @@ def main(argv):
     unknown = sorted(set(_FORMATS.value) - set(FORMATS))
     if unknown:
       raise ValueError(f"unknown --formats {unknown}. Known: {', '.join(FORMATS)}")
-    config, patch_paths, base_weights = _sources()
+    config, patch_paths, base_weights, shared_head = _sources()
     config_lib.validate(config)
     cli.import_tensorflow()
-    run(config, patch_paths, base_weights)
+    run(config, patch_paths, base_weights, shared_head)
   except (K4P1Error, FileNotFoundError, ValueError) as e:
     cli.fail(str(e))
 
 
-def run(config, patch_paths, base_weights):
+def run(config, patch_paths, base_weights, shared_head=""):
   from k4p1 import experiment, export
   from k4p1.export import fold, mixed, patch_files, serving, tflite
   from k4p1.files import atomic_write_bytes
@@ -110,7 +119,7 @@ def run(config, patch_paths, base_weights):
   if bad_q:
     raise ValueError(f"unknown --quantization {bad_q}. Known: {', '.join(tflite.QUANTIZATIONS)}")
   spec = experiment.resolve(config)
-  models = patch_files.assemble(spec.backbone, patch_paths, base_weights)
+  models = patch_files.assemble(spec.backbone, patch_paths, base_weights, shared_head)
   tasks = _TASKS.value or list(models.tasks)
   for t in tasks + _MIXED.value:
     if t not in models.tasks:
@@ -118,9 +127,14 @@ def run(config, patch_paths, base_weights):
   out = _OUT.value
   mixed_fn = mixed.mixed_serving_function(models, _MIXED.value) if _MIXED.value else None
   written = []
+  cascade = _CASCADE.value or (os.path.join(_WORKDIR.value, experiment.CASCADE_FILE)
+                               if _WORKDIR.value else "")
+  if _CASCADE.value and not os.path.exists(cascade):
+    raise DeployError(f"--cascade file not found: {cascade!r}.")
+  stages = experiment.cascade_stages(cascade) if cascade else []
   if "saved_model" in _FORMATS.value:
     written.append(export.export_saved_model(models, tasks, os.path.join(out, "saved_model"),
-                                             mixed=mixed_fn))
+                                             mixed=mixed_fn, kinds={"cascade": stages}))
   if "serving" in _FORMATS.value:
     written.append(serving.write_serving_layout(models, tasks, os.path.join(out, "serving"),
                                                 _NAME.value, _VERSION.value, mixed=mixed_fn))
@@ -138,7 +152,7 @@ def run(config, patch_paths, base_weights):
                 f"int8 needs representative data for task {task!r}, but its patch file records "
                 f"no dataset (written by an older k4p1). Use --quantization=float32,dynamic, or "
                 f"retrain/re-save the patch.")
-          data = load_task_data(dataset, models.backbone.input_size, spec.data.data_dir,
+          data = load_task_data(dataset, models.tasks[task].input_spec.size, spec.data.data_dir,
                                 spec.data.download)
           cache[task] = [b.numpy() for b in data.representative_batches(_REPR.value)]
         return cache[task]

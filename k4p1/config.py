@@ -96,7 +96,8 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
     dataset: see dataset_config().
     patch: comma-separated patch kinds (k4p1/patches/, one file each) plus `last_layer` (train
       the classifier), e.g. 'scale_bias,last_layer'. A kind takes options in parentheses:
-      'scale_bias(statistics=frozen),last_layer'.
+      'scale_bias(statistics=frozen),last_layer'. `last_layer(shared=true)`: the task uses the
+      one classifier every such task shares (a shared weight, like the base) instead of its own.
     statistics: default of scale_bias's `statistics` option, where its BN statistics come from:
       `batch` (normalise with batch statistics while training, then recompute the moving
       statistics on the target: the paper), `frozen` (keep the backbone's statistics; gamma
@@ -109,10 +110,13 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
       0 uses `lr`. Patches often want large rates and a classifier a smaller one.
     loss_weight: in joint multi-task training, the weight of this task's loss.
     batch_size: in joint multi-task training, this task's global batch (0: train.batch_size).
+    input_size: the square resolution this task's model runs at (0: backbone.input_size).
+      Tasks at several resolutions share one backbone (multi-resolution, configs/multires.py):
+      images are resized bilinearly to each task's size; the backbone must be convolutional.
   """
   c = ml_collections.ConfigDict(dict(
       patch="scale_bias,last_layer", statistics="batch", train_base=False,
-      epochs=1.0, steps=0, lr=0.0, head_lr=0.0, loss_weight=1.0, batch_size=0))
+      epochs=1.0, steps=0, lr=0.0, head_lr=0.0, loss_weight=1.0, batch_size=0, input_size=0))
   c.dataset = dataset_config()
   c.update(overrides)
   return c
@@ -184,6 +188,22 @@ def base_config() -> ml_collections.ConfigDict:
       workers="",               # workers per task, e.g. 'cifar10:2,fashion_mnist:1': sampled
                                 # steps go to each task in proportion to its workers (the
                                 # paper's workers assigned to tasks); '' = use `sampler`
+  ))
+  c.cascade = ml_collections.ConfigDict(dict(
+      tasks="",                 # comma-separated tasks solving the same problem at different
+                                # costs (resolutions): after training, Streeter's greedy
+                                # cascade over them (k4p1.cascade), written to cascade.json and
+                                # exported as a `cascade` signature; '' = none
+      validation=0.5,           # share of the eval split that builds the cascade (the rest
+                                # measures it): a deterministic, class-stratified split
+      tolerance=0.0,            # accuracy the cascade may lose on the validation share against
+                                # its most accurate model (0.005 = half a point)
+      thresholds=64,            # candidate confidence thresholds per model (quantiles)
+  ))
+  c.report = ml_collections.ConfigDict(dict(
+      compare="",               # --mode=params also totals the parameters had every task this
+                                # patch instead: 'NAME=PATCH;NAME=PATCH', e.g.
+                                # 'independent=full,last_layer' (configs/multires.py: Table 5)
   ))
   c.export = ml_collections.ConfigDict(dict(
       enabled=True,             # export a SavedModel at the end of --mode=train
@@ -262,11 +282,14 @@ class PatchSpec:
     options: per-kind options as raw text, ((kind, ((key, value), ...)), ...), sorted.
     train_head: train the task's classifier (`last_layer`; otherwise it stays at its init).
     train_base: the task also trains the shared backbone weights.
+    shared_head: the task's classifier is the one every shared-head task uses (a shared
+      weight, like the base: `last_layer(shared=true)`), not its own.
   """
   kinds: frozenset = frozenset()
   options: tuple = ()
   train_head: bool = False
   train_base: bool = False
+  shared_head: bool = False
 
   def has(self, kind: str) -> bool:
     """Whether the task has kind `kind` ('last_layer': whether it trains its classifier)."""
@@ -288,6 +311,7 @@ class TaskSpec:
   head_lr: float = 0.0
   loss_weight: float = 1.0
   batch_size: int = 0
+  input_size: int = 0        # 0: the backbone's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +372,19 @@ class ExportSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CascadeSpec:
+  tasks: tuple = ()          # () = no cascade
+  validation: float = 0.5
+  tolerance: float = 0.0
+  thresholds: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSpec:
+  compare: tuple = ()        # ((name, PatchSpec), ...)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentSpec:
   """Everything an experiment needs, frozen: what the library reads instead of the ConfigDict."""
   backbone: BackboneSpec
@@ -358,6 +395,8 @@ class ExperimentSpec:
   train: TrainSpec = TrainSpec()
   export: ExportSpec = ExportSpec()
   multitask: MultitaskSpec = MultitaskSpec()
+  cascade: CascadeSpec = CascadeSpec()
+  report: ReportSpec = ReportSpec()
 
   def task(self, name: str) -> TaskSpec:
     for t in self.tasks:
@@ -410,7 +449,7 @@ def parse_patch(text: str, statistics: str = "batch", train_base: bool = False,
   Example:
     parse_patch("scale_bias,depthwise,last_layer", statistics="frozen")
   """
-  kinds, options, head = set(), {}, False
+  kinds, options, head, shared_head = set(), {}, False, False
   for token in _split_top_level(str(text), where):
     name, _, rest = token.partition("(")
     name = name.strip()
@@ -418,9 +457,6 @@ def parse_patch(text: str, statistics: str = "batch", train_base: bool = False,
       raise ConfigError(f"{where}: '{token}' is not a patch kind. Write kinds as "
                         f"'kind' or 'kind(key=value,...)', comma separated. "
                         f"Received: {where}={text!r}")
-    if name == HEAD_KIND:
-      head = True
-      continue
     pairs = []
     if rest:
       if not rest.rstrip().endswith(")"):
@@ -431,6 +467,14 @@ def parse_patch(text: str, statistics: str = "batch", train_base: bool = False,
           raise ConfigError(f"{where}: option '{item}' of '{name}' must be key=value. "
                             f"Received: {where}={text!r}")
         pairs.append((key.strip(), value.strip()))
+    if name == HEAD_KIND:
+      head = True
+      for key, value in pairs:
+        if key != "shared" or value.lower() not in ("true", "false", "1", "0"):
+          raise ConfigError(f"{where}: last_layer takes one option, shared=true|false (share "
+                            f"one classifier between tasks). Received: {where}={text!r}")
+        shared_head = value.lower() in ("true", "1")
+      continue
     kinds.add(name)
     options[name] = dict(options.get(name, {}), **dict(pairs))
   if statistics not in STATISTICS_MODES:
@@ -444,7 +488,7 @@ def parse_patch(text: str, statistics: str = "batch", train_base: bool = False,
                       f"Received: {where}={text!r}")
   frozen_options = tuple(sorted((k, tuple(sorted(v.items()))) for k, v in options.items() if v))
   return PatchSpec(kinds=frozenset(kinds), options=frozen_options, train_head=head,
-                   train_base=bool(train_base))
+                   train_base=bool(train_base), shared_head=shared_head)
 
 
 def _parse_classes(text, where) -> tuple[int, ...]:
@@ -614,9 +658,14 @@ def validate(config) -> ExperimentSpec:
     if loss_weight < 0 or batch_size < 0:
       raise ConfigError(f"{where}: loss_weight and batch_size must be >= 0. Received: "
                         f"loss_weight={loss_weight}, batch_size={batch_size}")
+    input_size = int(t.get("input_size", 0))
+    if input_size < 0 or 0 < input_size < 32:
+      raise ConfigError(f"{where}.input_size must be >= 32 (or 0 for backbone.input_size). "
+                        f"Received: {input_size}")
     tasks.append(TaskSpec(name=name, dataset=dataset, patch=patch, epochs=float(t.epochs),
                           steps=int(t.steps), lr=float(t.lr), head_lr=head_lr,
-                          loss_weight=loss_weight, batch_size=batch_size))
+                          loss_weight=loss_weight, batch_size=batch_size,
+                          input_size=input_size))
   names = [t.name for t in tasks]
   for t in (x.strip() for x in config.export.tasks.split(",") if x.strip()):
     if t not in names:
@@ -634,7 +683,7 @@ def validate(config) -> ExperimentSpec:
       optimizer=_section(OptimizerSpec, config.optimizer, "optimizer"),
       data=_section(DataOptions, config.data, "data"),
       train=_section(TrainSpec, config.train, "train"),
-      export=export)
+      export=export, cascade=_cascade(config, tasks), report=_report(config))
   check_declared_names(spec)
   return spec
 
@@ -689,6 +738,50 @@ def _multitask(config, names: list[str]) -> MultitaskSpec:
     raise ConfigError("multitask.workers assigns workers to tasks, which needs "
                       "multitask.step='sampled' (a summed step trains every task at once).")
   return _section(MultitaskSpec, m, "multitask", tasks=tuple(joint), workers=workers)
+
+
+def _cascade(config, tasks: list) -> CascadeSpec:
+  """The `cascade` section, checked against the tasks."""
+  if "cascade" not in config:
+    return CascadeSpec()
+  c = config.cascade
+  names = _names(c.tasks)
+  by_name = {t.name: t for t in tasks}
+  for t in names:
+    if t not in by_name:
+      raise ConfigError(f"cascade.tasks names '{t}', which is not a task."
+                        f"{_did_you_mean(t, list(by_name))} Tasks: {', '.join(by_name)}")
+  if len(names) == 1 or len(set(names)) != len(names):
+    raise ConfigError(f"cascade.tasks needs at least two distinct tasks (models of one problem "
+                      f"at different costs), or '' for none. Received: {c.tasks!r}")
+  datasets = {by_name[t].dataset for t in names}
+  if len(datasets) > 1:
+    raise ConfigError(f"cascade.tasks {names} must solve the same problem (the same dataset and "
+                      f"classes): a cascade passes an example from one model to the next.")
+  if not 0.0 < float(c.validation) < 1.0:
+    raise ConfigError(f"cascade.validation is the share of the eval split that builds the "
+                      f"cascade; it must be in (0, 1) so that the rest can measure it. "
+                      f"Received: {c.validation}")
+  if not 0.0 <= float(c.tolerance) < 1.0:
+    raise ConfigError(f"cascade.tolerance is an accuracy (0.005 = half a point) in [0, 1). "
+                      f"Received: {c.tolerance}")
+  if int(c.thresholds) < 1:
+    raise ConfigError(f"cascade.thresholds must be >= 1. Received: {c.thresholds}")
+  return _section(CascadeSpec, c, "cascade", tasks=tuple(names))
+
+
+def _report(config) -> ReportSpec:
+  """The `report` section: compare='NAME=PATCH;...' parsed into ((name, PatchSpec), ...)."""
+  if "report" not in config:
+    return ReportSpec()
+  pairs = []
+  for item in (x.strip() for x in str(config.report.compare).split(";") if x.strip()):
+    name, eq, text = item.partition("=")
+    if not eq or not name.strip():
+      raise ConfigError(f"report.compare: write NAME=PATCH pairs separated by ';', e.g. "
+                        f"'independent=full,last_layer'. Received: {config.report.compare!r}")
+    pairs.append((name.strip(), parse_patch(text, where=f"report.compare.{name.strip()}")))
+  return _section(ReportSpec, config.report, "report", compare=tuple(pairs))
 
 
 def _workers(text: str, joint: list[str]) -> tuple:

@@ -34,13 +34,18 @@ def _unique(variables):
   return out
 
 
-def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int:
+def recompute_batch_statistics(model, layers: list, batches) -> int:
   """Sets each BN layer's moving statistics to the exact average over `batches` ("precise BN").
 
   keras.applications build BN with momentum 0.999, so after a short run the moving statistics
   are still mostly their initial values and inference-mode accuracy collapses. Averaging the
   batch statistics of the trained network over N batches fixes that. Other BN layers (frozen
   ones run in inference mode) are untouched.
+
+  Args:
+    model: the keras.Model the batches run through; or a dict {key: model} when `batches`
+      yields (key, images) pairs (BN layers several task models share: statistics averaged
+      over every task's batches).
 
   Returns:
     the number of batches used.
@@ -53,10 +58,13 @@ def recompute_batch_statistics(model: keras.Model, layers: list, batches) -> int
     for layer in layers:  # layers that keep their statistics in training normalise by batch now
       if hasattr(layer, "recomputing"):
         layer.recomputing = True
-    for images, _ in batches:
+    for first, second in batches:
       for layer in layers:
         layer.momentum = k / (k + 1.0)   # cumulative average; k=0 takes the first batch whole
-      model(images, training=True)
+      if isinstance(model, dict):
+        model[first](second, training=True)
+      else:
+        model(first, training=True)
       k += 1
   finally:
     for layer, m in zip(layers, momenta):
@@ -100,6 +108,7 @@ class TaskModel:
   head: keras.layers.Dense
   frontend: keras.layers.Layer
   class_names: tuple = ()  # in label order; () when unknown (e.g. --mode=params)
+  input_spec: InputSpec = InputSpec()  # what it takes (its own resolution)
 
   @property
   def name(self) -> str:
@@ -109,6 +118,11 @@ class TaskModel:
 class TaskModels:
   """The shared backbone and every task model built on it.
 
+  Tasks whose patch says `last_layer(shared=true)` share one classifier, which then counts as
+  a shared weight like the base's (multi-resolution: every resolution one head). A task may run
+  at its own resolution (`TaskSpec.input_size`) when the base takes any size
+  (k4p1.backbones.for_sizes).
+
   Args:
     backbone: the shared feature extractor.
   """
@@ -116,6 +130,7 @@ class TaskModels:
   def __init__(self, backbone: Backbone):
     self.backbone = backbone
     self.tasks: dict[str, TaskModel] = {}
+    self.shared_head: keras.layers.Dense | None = None
     self._kinds: dict[str, dict] = {}
     # TaskModels owns the trainable flags (they pick BN's mode per phase, see activate). What
     # is learnable is read once, here and in add(), while every flag is still True, so the
@@ -128,7 +143,21 @@ class TaskModels:
     return self.backbone.model
 
   def shared_variables(self) -> list:
-    return _unique(self.base.variables)
+    """The base's variables and the shared classifier's (when a task shares it)."""
+    head = self.shared_head.weights if self.shared_head is not None else []
+    return _unique(self.base.variables + head)
+
+  def input_spec(self, spec: TaskSpec) -> InputSpec:
+    """What `spec`'s model takes: the backbone's input at the task's own resolution."""
+    own = self.backbone.input_spec
+    if not spec.input_size or spec.input_size == own.size:
+      return own
+    if self.base.input_shape[1] is not None:
+      raise ValueError(
+          f"Task {spec.name!r} runs at {spec.input_size}px but the base takes only "
+          f"{own.size}px inputs: build the backbone with k4p1.backbones.for_sizes(backbone, "
+          f"sizes) before TaskModels.")
+    return dataclasses.replace(own, shape=(spec.input_size, spec.input_size, *own.shape[2:]))
 
   def shared_learnable_variables(self) -> list:
     """The shared base's variables that gradient training changes (what joint training and
@@ -149,18 +178,42 @@ class TaskModels:
     if class_names and len(class_names) != num_classes:
       raise ValueError(f"Task {spec.name!r}: {len(class_names)} class names for {num_classes} "
                        f"classes.")
+    input_spec = self.input_spec(spec)
+    if spec.patch.shared_head:
+      head = self.make_shared_head(num_classes, seed, spec.name)
+    else:
+      head = keras.layers.Dense(
+          num_classes, name=f"logits_{spec.name}",
+          kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
     patched = patch_model(self.base, spec.name, spec.patch)
     frontend = self.backbone.frontend()
-    head = keras.layers.Dense(
-        num_classes, name=f"logits_{spec.name}",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
-    model = assemble_task_model(self.backbone.input_spec, frontend, patched.model, head,
+    model = assemble_task_model(input_spec, frontend, patched.model, head,
                                 name=f"k4p1_{spec.name}")
     task = TaskModel(spec, num_classes, model, patched, head, frontend,
-                     tuple(str(c) for c in class_names))
+                     tuple(str(c) for c in class_names), input_spec)
     self.tasks[spec.name] = task
     self._kinds[spec.name] = self._read_variable_kinds(spec.name)
     return task
+
+  def make_shared_head(self, num_classes: int, seed: int = 0,
+                       task: str = "") -> keras.layers.Dense:
+    """The one classifier of shared-head tasks: built on first use (a shared weight), then
+    returned, checked to have `num_classes` outputs (for `task`, named in the error)."""
+    head = self.shared_head
+    if head is None:
+      head = keras.layers.Dense(num_classes, name="logits_shared",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
+      head.build((None, int(self.base.output_shape[-1])))
+      self.shared_head = head
+      self._learnable_shared += list(head.trainable_weights)
+    elif head.units != num_classes:
+      raise ValueError(f"Task {task!r} shares a classifier with {head.units} classes; it has "
+                       f"{num_classes}. Tasks sharing a classifier need the same classes (or "
+                       f"drop last_layer(shared=true)).")
+    return head
+
+  def head_is_shared(self, name: str) -> bool:
+    return self.shared_head is not None and self.tasks[name].head is self.shared_head
 
   def remove(self, name: str):
     """Forgets task `name` (its layers stay wherever else they are referenced)."""
@@ -274,6 +327,8 @@ class TaskModels:
     wanted = {id(v) for v in self.task_variables(name) if kinds[id(v)][1]}
     if task.spec.patch.train_base:
       wanted |= {id(v) for v in self._learnable_shared}
+    if task.spec.patch.train_head and self.head_is_shared(name):
+      wanted |= {id(v) for v in task.head.trainable_weights}
     # In the model's own variable order: optimizer slots are checkpointed by position, so
     # this keeps checkpoints written by earlier versions (model.trainable_variables) resumable.
     return [v for v in _unique(task.model.variables) if id(v) in wanted]
@@ -287,8 +342,9 @@ class TaskModels:
         out.setdefault(id(v), (kind_name, True))
       for v in fixed:
         out.setdefault(id(v), (kind_name, False))
-    for v in task.head.weights:
-      out[id(v)] = ("last_layer", task.spec.patch.train_head)
+    if not self.head_is_shared(name):
+      for v in task.head.weights:
+        out[id(v)] = ("last_layer", task.spec.patch.train_head)
     return out
 
   def task_variables(self, name: str) -> list:
@@ -314,13 +370,32 @@ class TaskModels:
           sites[id(v)] = f"{prefix}/{v.name}"
 
     for v in task.head.weights:
-      sites[id(v)] = f"head/{v.name}"
+      if id(v) in own:
+        sites[id(v)] = f"head/{v.name}"
     for task_layer, base_layer, _ in task.patched.patch_layers:
       claim(f"base.{index[id(base_layer)]}", task_layer)
     missing = own - set(sites)
     if missing:
       raise ValueError(f"Task {name!r}: {len(missing)} task variables have no known site.")
     return sites
+
+  def file_variables(self, name: str) -> dict:
+    """{site: variable}: what task `name`'s patch file holds (its own variables; a shared
+    classifier is stored once, with the base)."""
+    sites = self.variable_sites(name)
+    return {sites[id(v)]: v for v in self.task_variables(name)}
+
+  def used_shared_variables(self) -> list:
+    """The shared variables some task's model computes with (a base layer every task patches
+    over, e.g. each base BN under per-task scale-and-bias, is stored but unused)."""
+    used = set()
+    for task in self.tasks.values():
+      used |= {id(v) for v in task.model.variables}
+    return [v for v in self.shared_variables() if id(v) in used]
+
+  def shared_head_fingerprint(self) -> str:
+    """A hash of the shared classifier's values ('' when no task shares one)."""
+    return weights_fingerprint(self.shared_head.weights) if self.shared_head is not None else ""
 
   def identity(self) -> dict:
     """What a patch file records about the base, to refuse loading onto another base."""
@@ -330,5 +405,5 @@ class TaskModels:
         "alpha": spec.alpha,
         "input_size": self.backbone.input_size,
         "architecture": architecture_fingerprint(self.base),
-        "weights": weights_fingerprint(self.shared_variables()),
+        "weights": weights_fingerprint(_unique(self.base.variables)),
     }

@@ -25,6 +25,19 @@ from k4p1.config import (BackboneSpec, DatasetSpec, TaskSpec, base_config, datas
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "digits.py") + ":smoke"
+MULTIRES_SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "multires.py") + ":smoke"
+
+
+def run_binary(script: str, *args, timeout: float = 900) -> subprocess.CompletedProcess:
+  """`python SCRIPT ARGS...` from the repository root (TensorFlow's C++ logs quiet), captured.
+
+  Example:
+    out = run_binary("train.py", "--config=configs/digits.py:smoke", "--workdir=/tmp/w")
+    assert out.returncode == 0, out.stderr
+  """
+  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *args],
+                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 def tiny_mobilenet_v2(alpha=0.35, size=32, seed=0):
@@ -79,35 +92,39 @@ class SmokeRunError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=None)
-def _smoke_run() -> tuple[str, str]:
-  """(workdir, error): the smoke run, done once per process; error is "" on success."""
+def _smoke_run(config: str) -> tuple[str, str, str]:
+  """(workdir, stdout, error): the run of `config`, done once per process; error "" = success."""
   root = tempfile.mkdtemp(prefix="k4p1_smoke_")
   atexit.register(shutil.rmtree, root, True)
   workdir = os.path.join(root, "run")
   try:
-    out = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py"),
-                          f"--config={SMOKE_CONFIG}", f"--workdir={workdir}"],
-                         capture_output=True, text=True, timeout=900, cwd=REPO_ROOT,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    out = run_binary("train.py", f"--config={config}", f"--workdir={workdir}")
   except subprocess.TimeoutExpired as e:
-    return workdir, f"timed out after {e.timeout} s"
+    return workdir, "", f"timed out after {e.timeout} s"
   if out.returncode != 0:
-    return workdir, f"exit code {out.returncode}:\n{out.stderr[-3000:]}"
-  return workdir, ""
+    return workdir, out.stdout, f"exit code {out.returncode}:\n{out.stderr[-3000:]}"
+  return workdir, out.stdout, ""
 
 
-def smoke_run_workdir() -> str:
-  """A workdir of `train.py --config=configs/digits.py:smoke`, trained once per process.
+def smoke_run_workdir(config: str = SMOKE_CONFIG) -> str:
+  """A workdir of `train.py --config=CONFIG` (default configs/digits.py:smoke), trained once
+  per process; MULTIRES_SMOKE_CONFIG gives a multi-resolution run with a cascade.
 
   Shared by every test that calls it (deploy, TFLite, serving, benchmark smokes): read it, never
   write to it; a test that changes a workdir copies this one first (shutil.copytree). The folder
   is removed when the interpreter exits. A failed run is cached too (one attempt per process)
-  and raises SmokeRunError in every caller.
+  and raises SmokeRunError in every caller. What it printed: `smoke_run_stdout(config)`.
   """
-  workdir, error = _smoke_run()
+  workdir, _, error = _smoke_run(config)
   if error:
-    raise SmokeRunError(f"train.py --config={SMOKE_CONFIG} failed: {error}")
+    raise SmokeRunError(f"train.py --config={config} failed: {error}")
   return workdir
+
+
+def smoke_run_stdout(config: str = SMOKE_CONFIG) -> str:
+  """What the (cached) smoke run of `config` printed on stdout."""
+  smoke_run_workdir(config)
+  return _smoke_run(config)[1]
 
 
 def process_alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 import tensorflow as tf
 
-from k4p1.testing import REPO_ROOT, smoke_run_workdir
+from k4p1.testing import MULTIRES_SMOKE_CONFIG, REPO_ROOT, smoke_run_workdir
 
 
 # ~200 s in all: each smoke starts TF in a subprocess and trains or converts (the CI slow tier).
@@ -59,6 +59,33 @@ class BenchSmokeTest(tf.test.TestCase):
     own = rows["independent"]["task_specific"]
     self.assertEqual(rows["independent"]["total_parameters"], sum(own.values()))
     self.assertGreater(rows["patch"]["total_parameters"], sum(rows["patch"]["task_specific"].values()))
+
+  def test_multires_table_smoke(self):
+    out_dir = tempfile.mkdtemp()
+    result = self._run_smoke("multires_table.py", f"--table={out_dir}/t.md",
+                             f"--plot={out_dir}/t.png")
+    rows = {r["regime"]: r for r in result["results"]["digits"]}
+    self.assertEqual(set(rows), {"patch", "all_shared", "independent"})
+    for r in rows.values():
+      self.assertEqual(set(r["accuracy"]), {"r64", "r32"})
+      self.assertLessEqual(r["cascade"]["validation_cost_ratio"], 1.0 + 1e-9)
+      self.assertGreaterEqual(r["cascade"]["validation_accuracy"],
+                              r["cascade"]["validation_reference_accuracy"] - 1e-9)
+    # The params accounting: independent = one whole model per resolution.
+    self.assertGreater(rows["independent"]["total_parameters"], rows["patch"]["total_parameters"])
+    self.assertGreater(rows["patch"]["total_parameters"], rows["all_shared"]["total_parameters"])
+    with open(os.path.join(out_dir, "t.md")) as f:
+      self.assertIn("| parameters in all |", f.read())
+    self.assertTrue(os.path.getsize(os.path.join(out_dir, "t.png")) > 1000)
+
+  def test_cascade_latency_smoke(self):
+    result = self._run_smoke("cascade_latency.py",
+                             f"--workdir={smoke_run_workdir(MULTIRES_SMOKE_CONFIG)}")
+    self.assertEqual([r["batch_size"] for r in result["results"]], [1, 4])
+    for r in result["results"]:
+      self.assertEqual(set(r["ms_per_image"]), {"cascade", "r64", "r32"})
+      self.assertGreater(min(r["ms_per_image"].values()), 0)
+    self.assertAlmostEqual(sum(result["exits_on_timed_images"]), 1.0)
 
   def test_taps_table_smoke(self):
     data_dir = os.environ.get("K4P1_DATA_DIR", "")

@@ -239,7 +239,7 @@ class SignatureKindsTest(tf.test.TestCase):
     models = TaskModels(tiny_mobilenet_v2())
     models.add(tiny_task("a", "scale_bias,last_layer"), 3)
     models.add(tiny_task("b", "depthwise,last_layer"), 4)
-    self.assertEqual(set(saved_model.SIGNATURE_KINDS.names()), {"task", "mixed"})
+    self.assertEqual(set(saved_model.SIGNATURE_KINDS.names()), {"task", "mixed", "cascade"})
     built = saved_model.signatures(models, {"task": ["b", "a"], "mixed": ["a", "b"]})
     self.assertEqual([s.name for s in built], ["b", "a", "mixed"])
     out = built[2].function(images=tf.zeros([2, 40, 40, 3], tf.uint8),

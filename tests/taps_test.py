@@ -8,8 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import keras
@@ -27,7 +25,7 @@ from k4p1.export.mixed import mixed_serving_function
 from k4p1.export.tflite import run_tflite, tflite_model
 from k4p1.model import TaskModels
 from k4p1.patches.taps import TapsOptions, TapsPatch, base_kernel, gate, penalty
-from k4p1.testing import (REPO_ROOT, calibrated_mobilenet_v2, random_images, tiny_config,
+from k4p1.testing import (calibrated_mobilenet_v2, random_images, run_binary, tiny_config,
                           tiny_task)
 from k4p1.train.steps import classification_loss, make_train_step
 from k4p1.train.trainer import Trainer
@@ -476,9 +474,7 @@ class TapsTrainingTest(tf.test.TestCase):
 
 
 def _train(*args, timeout=900):
-  return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train.py"), *args],
-                        capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  return run_binary("train.py", *args, timeout=timeout)
 
 
 class TapsBinaryTest(tf.test.TestCase):

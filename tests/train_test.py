@@ -18,16 +18,14 @@ from tensorflow.python.saved_model import loader_impl
 
 from k4p1 import experiment
 from k4p1.data import DataError
-from k4p1.testing import REPO_ROOT, tiny_config
+from k4p1.testing import REPO_ROOT, run_binary, tiny_config
 
 TRAIN = os.path.join(REPO_ROOT, "train.py")
 DIGITS = os.path.join(REPO_ROOT, "configs", "digits.py")
 
 
 def _run(args, timeout=600):
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True,
-                        timeout=timeout, env=env, cwd=REPO_ROOT)
+  return run_binary("train.py", *args, timeout=timeout)
 
 
 def _signatures(path):

@@ -68,6 +68,34 @@ def parameter_report(models: TaskModels, patch_file_bytes: dict | None = None) -
   return rows
 
 
+def totals(models: TaskModels) -> dict:
+  """What storing every task of `models` costs: the shared weights once plus each task's own.
+
+  Returns {"shared", "task_learned", "task_fixed", "total", "tasks"}: shared counts the shared
+  weights some task computes with (not a base layer every task patches over); task_* are
+  summed over tasks ("fixed": e.g. each task's own BN statistics); total is their sum.
+  """
+  rows = [task_parameters(models, n) for n in models.tasks]
+  learned = sum(c["learned"] for r in rows for c in r["components"].values())
+  fixed = sum(c["fixed"] for r in rows for c in r["components"].values())
+  shared = _count(models.used_shared_variables())
+  return {"shared": shared, "task_learned": learned, "task_fixed": fixed,
+          "total": shared + learned + fixed, "tasks": len(rows)}
+
+
+def format_totals(named: list[tuple[str, str, dict]]) -> str:
+  """A table of `totals` for several ways of patching the same tasks: [(name, patch, totals)]."""
+  nw = max([8] + [len(n) + 2 for n, _, _ in named])
+  pw = max([8] + [len(p) + 2 for _, p, _ in named])
+  header = (f"{'regime':<{nw}}{'patch':<{pw}}{'shared, used':>14}{'per-task learned':>18}"
+            f"{'per-task fixed':>16}{'in all':>14}")
+  lines = [header, "-" * len(header)]
+  for name, patch, t in named:
+    lines.append(f"{name:<{nw}}{patch:<{pw}}{t['shared']:>14,}{t['task_learned']:>18,}"
+                 f"{t['task_fixed']:>16,}{t['total']:>14,}")
+  return "\n".join(lines)
+
+
 def format_parameter_report(rows: list[dict], base_name: str = "") -> str:
   lines = []
   if rows:

@@ -98,6 +98,51 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
   return BACKBONES.lookup(spec.name)(spec)
 
 
+def output_stride(backbone: Backbone) -> int:
+  """Input size / feature-map size at the backbone's own resolution (32 for MobileNetV2)."""
+  return max(1, backbone.input_size // max(1, int(backbone.model.output_shape[1] or 1)))
+
+
+def for_sizes(backbone: Backbone, sizes) -> Backbone:
+  """`backbone`, able to run at every square size in `sizes` with the same layers.
+
+  Unchanged when every size is its own. Otherwise the functional model is rebuilt with the
+  same layers on a (None, None, channels) input, weights copied, before any task shares it.
+  Every size must be a multiple of the output stride: then every stride-2 layer sees an even
+  size and its padding is what keras.applications computes at that size (tested at MobileNetV2's
+  224, 192, 160, 128, 96).
+
+  Raises:
+    ConfigError: a size that is not a multiple of the output stride, or a backbone whose
+      layers are bound to one input size (a ViT's position embedding).
+  """
+  own = backbone.input_size
+  sizes = sorted({int(s) for s in sizes if s and int(s) != own})
+  if not sizes:
+    return backbone
+  stride = output_stride(backbone)
+  bad = [s for s in sizes if s % stride]
+  if bad:
+    raise ConfigError(
+        f"Task input sizes {bad} are not multiples of {stride}, the output stride of "
+        f"{backbone.model.name} (it runs at {own}px). Use multiples of {stride} (e.g. "
+        f"{', '.join(str(stride * k) for k in (3, 4, 5, 6, 7))}) so every stride-2 layer sees an "
+        f"even size.")
+  model = backbone.model
+  channels = model.input_shape[-1]
+  try:
+    flexible = keras.models.clone_model(model, input_tensors=keras.Input((None, None, channels)))
+    for s in sizes:
+      flexible.compute_output_spec(keras.KerasTensor((1, s, s, channels)))
+  except Exception as e:  # shape-bound layers raise ValueError/TypeError
+    raise ConfigError(
+        f"{model.name} cannot run at sizes {sizes} besides its own {own}px "
+        f"({type(e).__name__}: {e}). Give every task backbone.input_size (tasks.*.input_size=0), "
+        f"or use a convolutional backbone.") from e
+  flexible.set_weights(model.get_weights())
+  return dataclasses.replace(backbone, model=flexible)
+
+
 def architecture_fingerprint(model: keras.Model) -> str:
   """A hash of layer classes and weight shapes, in order: equal for the same architecture.
 

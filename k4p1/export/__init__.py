@@ -4,6 +4,7 @@ folded models, the mixed-task signature and quantization-aware training.
   patch_files.py  one task's parameters; tasks assembled from patch files onto a base
   saved_model.py  a signature per task (+ the mixed one), ExportArchive
   mixed.py        the mixed-task signature: a task id per example, routed in the graph
+  cascade.py      the cascade signature: resolutions cheapest first, per-example early exit
   fold.py         a task folded into a plain Keras model (no k4p1 layer)
   tflite.py       TFLite, float32 / dynamic / int8, a signature per task
   serving.py      the TF Serving layout and a local check of its contract

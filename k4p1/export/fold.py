@@ -149,7 +149,7 @@ def fold_task(models, task: str, fold_batchnorm: bool = True) -> keras.Model:
   t = models.tasks[task]
   backbone = fold_backbone(t.patched.model, task, fold_batchnorm)
   head = keras.layers.Dense(t.num_classes, name=t.head.name)
-  model = assemble_task_model(models.backbone.input_spec, t.frontend.to_plain(), backbone, head,
+  model = assemble_task_model(t.input_spec, t.frontend.to_plain(), backbone, head,
                               name=f"{task}_folded")
   head.set_weights(t.head.get_weights())
   return model

@@ -128,6 +128,11 @@ def check_tasks(models, tasks: list[str]):
   if repeated:
     raise DeployError(f"Task(s) {repeated} are listed more than once; a task needs exactly one "
                       f"task id. Received: tasks={list(tasks)}")
+  sizes = {t: models.tasks[t].input_spec.size for t in tasks}
+  if len(set(sizes.values())) > 1:
+    raise DeployError(f"Mixed-task serving runs one batch through every task at one size; these "
+                      f"tasks run at different sizes {sizes}. Mix tasks of one size (a cascade "
+                      f"signature serves several resolutions).")
 
 
 def mixed_model(models, tasks: list[str]) -> keras.Model:
@@ -150,7 +155,7 @@ def mixed_model(models, tasks: list[str]) -> keras.Model:
     model([images, tf.constant([0, 1, 1, 0])])  # [4, max(cars classes, birds classes)]
   """
   check_tasks(models, tasks)
-  images = models.backbone.input_spec.keras_input()
+  images = models.tasks[tasks[0]].input_spec.keras_input()
   task_id = keras.Input(shape=(), dtype="int32", name="task_id")
   router = TaskRouter([models.tasks[t].model for t in tasks], task_names=list(tasks),
                       name="task_router")
@@ -174,7 +179,7 @@ def mixed_serving_function(models, tasks: list[str]):
   """
   model = mixed_model(models, tasks)
   counts_table = tf.constant([models.tasks[t].num_classes for t in tasks], tf.int32)
-  spec = models.backbone.input_spec
+  spec = models.tasks[tasks[0]].input_spec
   names = list(tasks)
 
   @tf.function(input_signature=[spec.serving_spec(),

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from k4p1 import patches
-from k4p1.backbones import build_backbone
+from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import BackboneSpec, DatasetSpec, TaskSpec, parse_patch
 from k4p1.errors import DeployError, PatchFileError
 from k4p1.files import atomic_write_bytes
@@ -50,13 +50,9 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
   """The patch file's content for `task`, in memory."""
   t = models.tasks[task]
   index, chunks, offset = {}, [], 0
-  sites = models.variable_sites(task)
   omitted = {id(v) for v in models.omitted_variables(task)}
   zeros = {}
-  for v in models.task_variables(task):
-    site = sites[id(v)]
-    if site in index or site in zeros:
-      raise ValueError(f"Two variables of task {task!r} share the site {site!r}.")
+  for site, v in models.file_variables(task).items():
     if id(v) in omitted:  # changes no output (a gated-off TAPS delta): stored as a shape
       zeros[site] = {"path": v.path, "shape": list(v.shape)}
       continue
@@ -69,6 +65,9 @@ def patch_bytes(models: TaskModels, task: str) -> bytes:
       "task": task,
       "num_classes": t.num_classes,
       "class_names": list(t.class_names),
+      "input_size": t.input_spec.size,
+      # A shared classifier is stored once, with the base (shared_head.npz); its fingerprint.
+      **({"shared_head": models.shared_head_fingerprint()} if models.head_is_shared(task) else {}),
       "patch": patches.record(t.spec.patch),
       "base": models.identity(),
       # Where the task's data came from: int8 conversion calibrates on its training split.
@@ -148,8 +147,16 @@ def load_patch(models: TaskModels, task: str, path: str, check_base_weights: boo
   if meta["num_classes"] != t.num_classes:
     raise PatchFileError(f"{path!r} has a {meta['num_classes']}-class classifier; task {task!r} "
                          f"has {t.num_classes} classes.")
-  sites = models.variable_sites(task)
-  variables = {sites[id(v)]: v for v in models.task_variables(task)}
+  if ("shared_head" in meta) != models.head_is_shared(task):
+    raise PatchFileError(f"{path!r} {'uses' if 'shared_head' in meta else 'does not use'} a "
+                         f"shared classifier; task {task!r} {'does' if models.head_is_shared(task) else 'does not'}.")
+  if check_base_weights and meta.get("shared_head", "") != models.shared_head_fingerprint() \
+      and "shared_head" in meta:
+    raise PatchFileError(
+        f"{path!r} was trained with another shared classifier (fingerprint "
+        f"{meta['shared_head']}, this one has {models.shared_head_fingerprint()}). Load the "
+        f"{SHARED_HEAD_FILE} written with it (deploy.py --shared_head=FILE).")
+  variables = models.file_variables(task)
   missing = sorted(set(variables) - set(arrays))
   unexpected = sorted(set(arrays) - set(variables))
   if missing or unexpected:
@@ -165,6 +172,35 @@ def load_patch(models: TaskModels, task: str, path: str, check_base_weights: boo
     v.assign(arrays[key])
 
 
+SHARED_HEAD_FILE = "shared_head.npz"
+
+
+def save_shared_head(models: TaskModels, path: str) -> int:
+  """Writes the classifier shared-head tasks use (kernel, bias) atomically; returns bytes."""
+  head = models.shared_head
+  buf = io.BytesIO()
+  np.savez(buf, kernel=keras.ops.convert_to_numpy(head.kernel),
+           bias=keras.ops.convert_to_numpy(head.bias),
+           fingerprint=np.array(models.shared_head_fingerprint()))
+  atomic_write_bytes(path, buf.getvalue())
+  return len(buf.getvalue())
+
+
+def load_shared_head(models: TaskModels, path: str):
+  """Builds (if needed) and loads the shared classifier from `save_shared_head`'s file."""
+  if not os.path.exists(path):
+    raise PatchFileError(f"Shared classifier file not found: {path!r}. train.py writes it as "
+                         f"WORKDIR/{SHARED_HEAD_FILE} next to base.weights.h5.")
+  with np.load(path) as f:
+    kernel, bias = f["kernel"], f["bias"]
+  head = models.make_shared_head(int(kernel.shape[-1]))
+  if tuple(head.kernel.shape) != kernel.shape:
+    raise PatchFileError(f"{path!r} holds a {kernel.shape} classifier; this base's features "
+                         f"need {tuple(head.kernel.shape)}.")
+  head.kernel.assign(kernel)
+  head.bias.assign(bias)
+
+
 def add_task_from_patch(models: TaskModels, path: str, name: str = "",
                         check_base_weights: bool = True):
   """Builds a task model from a patch file's record and loads the file onto it."""
@@ -174,7 +210,7 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
   recorded = meta.get("dataset")  # absent in files written before it was recorded
   dataset = (DatasetSpec(**{**recorded, "classes": tuple(recorded["classes"])}) if recorded
              else DatasetSpec(source="none"))
-  spec = TaskSpec(name=name, dataset=dataset, patch=patch)
+  spec = TaskSpec(name=name, dataset=dataset, patch=patch, input_size=meta.get("input_size", 0))
   models.add(spec, meta["num_classes"], class_names=meta.get("class_names") or ())
   try:
     load_patch(models, name, path, check_base_weights)
@@ -185,7 +221,7 @@ def add_task_from_patch(models: TaskModels, path: str, name: str = "",
 
 
 def assemble(backbone_spec: BackboneSpec, patch_paths: Iterable[str],
-             base_weights: str = "") -> TaskModels:
+             base_weights: str = "", shared_head: str = "") -> TaskModels:
   """The base plus one task per patch file (named as recorded in the file).
 
   Args:
@@ -193,18 +229,29 @@ def assemble(backbone_spec: BackboneSpec, patch_paths: Iterable[str],
     patch_paths: .k4p1.npz files.
     base_weights: a `.weights.h5` of the backbone (what training writes as base.weights.h5 when
       it trained the base itself); '' keeps the weights `backbone_spec` gives.
+    shared_head: the shared classifier's file (WORKDIR/shared_head.npz), needed when a patch
+      file's task shares its classifier.
 
   Raises:
     PatchFileError: a patch file belongs to another base (architecture or weights), or two
       files hold the same task name.
   """
-  models = TaskModels(build_backbone(backbone_spec))
+  patch_paths = list(patch_paths)
+  metas = [read_patch(path)[0] for path in patch_paths]
+  backbone = build_backbone(backbone_spec)
+  models = TaskModels(for_sizes(backbone, [m.get("input_size", 0) for m in metas]))
   if base_weights:
     if not os.path.exists(base_weights):
       raise DeployError(f"Base weights file not found: {base_weights!r}.")
     models.base.load_weights(base_weights)
-  for path in patch_paths:
-    meta, _ = read_patch(path)
+  if any("shared_head" in m for m in metas):
+    if not shared_head:
+      users = [m["task"] for m in metas if "shared_head" in m]
+      raise DeployError(f"Tasks {users} share a classifier, stored once next to the base: pass "
+                        f"its file (deploy.py --shared_head=FILE; train.py writes "
+                        f"WORKDIR/{SHARED_HEAD_FILE}).")
+    load_shared_head(models, shared_head)
+  for path, meta in zip(patch_paths, metas):
     if meta["task"] in models.tasks:
       raise PatchFileError(f"{path!r} holds task {meta['task']!r}, which an earlier patch file "
                            f"already added. Rename one (add_task_from_patch(name=...)).")

@@ -70,7 +70,7 @@ def write_task(models, task: str, images: np.ndarray, labels: np.ndarray, path: 
   else:
     own = sorted({base.name for _, base, _ in t.patched.patch_layers})
   own += ["logits"] if t.spec.patch.train_head else []
-  meta = {"alpha": _mobilenet_alpha(models.base), "size": models.backbone.input_size,
+  meta = {"alpha": _mobilenet_alpha(models.base), "size": t.input_spec.size,
           "preprocessing": models.backbone.preprocessing,
           "num_classes": t.num_classes, "layers": names, "task": task, "trainable": own}
   np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),

@@ -4,8 +4,9 @@ Each task signature takes `images`: uint8 [batch, height, width, 3] at any size 
 inside), and returns `probabilities` (float32 [batch, classes]) and `classes` (int64 [batch],
 the arg max). The first task is also `serving_default`.
 
-Signature kinds are registered (SIGNATURE_KINDS: `task`, `mixed`); a new kind (per
-resolution, a cascade) is a builder (models, tasks) -> [Signature].
+Signature kinds are registered (SIGNATURE_KINDS: `task`, `mixed`, `cascade`); a new kind is a
+builder (models, tasks) -> [Signature]. A task at its own resolution (multi-resolution) takes
+images of any size like every other: its signature resizes them to its size.
 
 Example:
   export_saved_model(models, ["imagenet", "flowers"], "/tmp/export")
@@ -31,7 +32,7 @@ from k4p1.registry import Registry
 def serving_function(models: TaskModels, task: str):
   """tf.function: uint8 images (any size) -> {'probabilities', 'classes'} for `task`."""
   model = models.tasks[task].model
-  spec = models.backbone.input_spec
+  spec = models.tasks[task].input_spec
 
   @tf.function(input_signature=[spec.serving_spec()])
   def serve(images):
@@ -51,6 +52,7 @@ def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> 
   """What a client needs to call the export: signatures, class counts, mixed-task ids."""
   return {
       "signatures": {t: {"num_classes": models.tasks[t].num_classes,
+                         "input_size": models.tasks[t].input_spec.size,
                          "class_names": list(models.tasks[t].class_names),
                          "patch": patch_names(models.tasks[t].spec.patch)} for t in tasks},
       "serving_default": tasks[0],
@@ -91,6 +93,20 @@ def mixed_signatures(models: TaskModels, tasks: list[str]) -> list[Signature]:
   return [_mixed_signature(mixed_serving_function(models, tasks))] if tasks else []
 
 
+@SIGNATURE_KINDS.register("cascade")
+def cascade_signatures(models: TaskModels, stages: list) -> list[Signature]:
+  """The `cascade` signature over `stages` (k4p1.analysis.cascade.Stage, in order)."""
+  from k4p1.analysis.cascade import Cascade
+  from k4p1.export.cascade import CASCADE_SIGNATURE, cascade_serving_function
+  if not stages:
+    return []
+  serve = cascade_serving_function(models, Cascade(tuple(stages)))
+  return [Signature(CASCADE_SIGNATURE, serve, list(serve.keras_objects))]
+
+
+CASCADE_INDEX = os.path.join("assets.extra", "k4p1_cascade.json")
+
+
 def _mixed_signature(serve) -> Signature:
   return Signature(MIXED_SIGNATURE, serve, list(serve.keras_objects))
 
@@ -115,9 +131,10 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
       signature (images plus a task id per example, routed by task in the graph; task ids are positions
       in its task list).
     kinds: more signatures by registered kind, {kind: its tasks} (e.g. {"mixed": [...]}, the
-      same as passing `mixed`).
+      same as passing `mixed`; {"cascade": [Stage, ...]}).
 
-  Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids.
+  Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids;
+  with a cascade, `assets.extra/k4p1_cascade.json` (CASCADE_INDEX): its stages.
   """
   if not tasks:
     raise ValueError("export_saved_model needs at least one task.")
@@ -129,9 +146,10 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     if t not in models.tasks:
       raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
                        f"Tasks: {sorted(models.tasks)}")
-  if MIXED_SIGNATURE in tasks:
-    raise ValueError(f"A task named {MIXED_SIGNATURE!r} would clash with the mixed-task "
-                     f"signature; rename the task.")
+  for reserved in (MIXED_SIGNATURE, "cascade"):
+    if reserved in tasks:
+      raise ValueError(f"A task named {reserved!r} would clash with the {reserved} "
+                       f"signature; rename the task.")
   endpoints = signatures(models, {"task": list(tasks), **kinds})
   if mixed is not None:
     endpoints.append(_mixed_signature(mixed))
@@ -146,4 +164,11 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, TASK_INDEX), "w") as f:
       json.dump(task_index(models, list(tasks), mixed_tasks), f, indent=2)
+    if kinds.get("cascade"):
+      from k4p1.analysis.cascade import Cascade
+      definition = Cascade(tuple(kinds["cascade"])).to_json()
+      for stage in definition["stages"]:
+        stage["input_size"] = models.tasks[stage["model"]].input_spec.size
+      with open(os.path.join(tmp, CASCADE_INDEX), "w") as f:
+        json.dump(definition, f, indent=2)
   return path

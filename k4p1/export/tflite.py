@@ -42,7 +42,7 @@ def tflite_function(models: TaskModels, task: str):
   """float32 pixels [batch, size, size, 3] -> {'probabilities'}: what a TFLite signature runs."""
   model = models.tasks[task].model
 
-  @tf.function(input_signature=[models.backbone.input_spec.tensor_spec()])
+  @tf.function(input_signature=[models.tasks[task].input_spec.tensor_spec()])
   def predict(images):
     return {"probabilities": tf.nn.softmax(model(images, training=False), axis=-1)}
 

@@ -299,7 +299,8 @@ def check(spec: PatchSpec, where: str = "patch") -> PatchSpec:
 
 def label(spec: PatchSpec) -> str:
   """'scale_bias+last_layer (batch stats)': what a task trains, for tables and reports."""
-  names = [k.name for k in kinds_of(spec)] + (["last_layer"] if spec.train_head else [])
+  head = "last_layer(shared)" if spec.shared_head else "last_layer"
+  names = [k.name for k in kinds_of(spec)] + ([head] if spec.train_head else [])
   text = "+".join(names) if names else "none"
   for k in kinds_of(spec):
     if k.describe is not None:
@@ -311,8 +312,11 @@ def label(spec: PatchSpec) -> str:
 
 def record(spec: PatchSpec) -> dict:
   """What a patch file records of a spec: kinds with their full options, head, base."""
-  return {"kinds": {k.name: dataclasses.asdict(options(spec, k.name)) for k in kinds_of(spec)},
-          "train_head": spec.train_head, "train_base": spec.train_base}
+  rec = {"kinds": {k.name: dataclasses.asdict(options(spec, k.name)) for k in kinds_of(spec)},
+         "train_head": spec.train_head, "train_base": spec.train_base}
+  if spec.shared_head:
+    rec["shared_head"] = True
+  return rec
 
 
 def from_record(rec: dict) -> PatchSpec:
@@ -320,7 +324,8 @@ def from_record(rec: dict) -> PatchSpec:
   opts = tuple(sorted((k, tuple(sorted((key, v) for key, v in o.items())))
                       for k, o in rec["kinds"].items() if o))
   return check(PatchSpec(kinds=frozenset(rec["kinds"]), options=opts,
-                         train_head=bool(rec["train_head"]), train_base=bool(rec["train_base"])))
+                         train_head=bool(rec["train_head"]), train_base=bool(rec["train_base"]),
+                         shared_head=bool(rec.get("shared_head", False))))
 
 
 def scale_output_channels(kernel, layer, scale):

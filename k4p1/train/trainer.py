@@ -36,7 +36,7 @@ import tensorflow as tf
 from absl import logging
 
 from k4p1 import data as data_lib
-from k4p1.backbones import build_backbone
+from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import ExperimentSpec
 from k4p1.model import TaskModels, recompute_batch_statistics
 from k4p1.train.optimizers import make_optimizer
@@ -129,13 +129,14 @@ class Trainer:
     self.data: dict[str, data_lib.TaskData] = {}
     d = spec.data
     with self.strategy.scope():
-      self.backbone = build_backbone(spec.backbone)
-      size = self.backbone.input_size
+      self.backbone = for_sizes(build_backbone(spec.backbone),
+                                [t.input_size for t in spec.tasks])
       self.models = TaskModels(self.backbone)
       for i, task in enumerate(spec.tasks):
         if with_data:
           self.data[task.name] = data_lib.load_task_data(
-              task.dataset, size, d.data_dir, d.download, d.cache, d.shuffle_buffer)
+              task.dataset, task.input_size or self.backbone.input_size, d.data_dir,
+              d.download, d.cache, d.shuffle_buffer)
           n = self.data[task.name].num_classes
           names = self.data[task.name].class_names
         else:
@@ -363,11 +364,16 @@ class Trainer:
       return shown
 
     def finish():
-      for t in phase.tasks:  # each task's own BN statistics (shared ones learned from all)
+      shared = {}
+      for t in phase.tasks:  # each task's own BN statistics ...
         owned = {id(v) for v in self.models.task_variables(t)}
-        layers = [l for l in self.models.batch_statistics_layers(t)
-                  if l.weights and all(id(v) in owned for v in l.weights)]
-        self._recompute_statistics(t, train.seed + start, layers)
+        layers = self.models.batch_statistics_layers(t)
+        self._recompute_statistics(
+            t, train.seed + start, [l for l in layers if l.weights and
+                                    all(id(v) in owned for v in l.weights)])
+        shared.update({id(l): l for l in layers if not any(id(v) in owned for v in l.weights)})
+      # ... and those the tasks share, over every task's batches in turn.
+      self._recompute_shared_statistics(phase.tasks, train.seed + start, list(shared.values()))
 
     t0 = time.time()
     self._loop(f"train joint ({', '.join(phase.tasks)})", start, total, run_step, log, finish)
@@ -592,6 +598,20 @@ class Trainer:
       logging.info("Task %s: recomputed statistics of %d BN layers over %d batches.",
                    name, len(layers), used)
 
+  def _recompute_shared_statistics(self, tasks, seed: int, layers: list):
+    """BN layers several joint tasks share (an all-shared model): statistics averaged over
+    `recompute_batches` batches of each task, taken in turn, each through its own model."""
+    n = min(self.recompute_batches(t) for t in tasks)
+    if n <= 0 or not layers:
+      return
+    streams = {t: iter(self.data[t].statistics_batches(self.spec.train.batch_size, seed=seed))
+               for t in tasks}  # repeated: never exhausted
+    turns = ((t, next(streams[t])[0]) for _ in range(n) for t in tasks)
+    models = {t: self.models.tasks[t].model for t in tasks}
+    used = recompute_batch_statistics(models, layers, turns)
+    logging.info("Joint tasks %s: recomputed statistics of %d shared BN layers over %d batches.",
+                 ", ".join(tasks), len(layers), used)
+
   def _checkpoint_number(self) -> int:
     return int(sum(int(v.numpy()) for v in self.steps.values()))
 
@@ -603,6 +623,24 @@ class Trainer:
     return int(sum(int(self.steps[f"{p.name}__{task}" if p.tasks else p.name].numpy())
                    for p in self.phases if (task in p.tasks if p.tasks else p.task == task)))
 
+  def predict(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(softmax outputs [N, classes], labels [N]) of task `name` on its eval split, in the
+    split's order (inference mode)."""
+    task = self.models.tasks[name]
+    model = task.model
+
+    @tf.function(input_signature=[task.input_spec.tensor_spec()])
+    def probabilities(images):
+      return tf.nn.softmax(model(images, training=False), axis=-1)
+
+    outputs, labels = [], []
+    for images, y in self.data[name].eval_batches(self.spec.train.eval_batch_size):
+      outputs.append(probabilities(images).numpy())
+      labels.append(y.numpy())
+    if not outputs:
+      raise data_lib.DataError(f"Task {name}: the eval split is empty.")
+    return np.concatenate(outputs), np.concatenate(labels)
+
   def evaluate(self, name: str) -> dict:
     """Accuracy, balanced accuracy, per-class accuracy and mean loss of task `name` on its eval
     split (inference mode); per-class figures are keyed by class name."""
@@ -611,7 +649,7 @@ class Trainer:
     loss_total = tf.Variable(0.0, dtype=tf.float64)
     per_class = [tf.Variable(tf.zeros([n], tf.float64)) for _ in range(2)]  # correct, seen
 
-    @tf.function(input_signature=[self.backbone.input_spec.tensor_spec(),
+    @tf.function(input_signature=[task.input_spec.tensor_spec(),
                                   tf.TensorSpec([None], tf.int32)])
     def eval_step(images, labels):
       logits = model(images, training=False)
