@@ -42,8 +42,9 @@ def _config(regime, data, smoke):
   arg = f"{regime},smoke" if smoke else f"{regime},data={data}"
   config = config_lib.load(os.path.join(ROOT, "configs", "multires.py") + ":" + arg, lock=False)
   config.train.progress = False
-  if smoke:  # a pipeline check: a few steps are enough (and keep the CI slow tier short)
+  if smoke:  # a pipeline check: a few steps, no SavedModel (keeps the CI slow tier short)
     config.multitask.steps = 8
+    config.export.enabled = False
   return config
 
 
