@@ -10,6 +10,7 @@ import tempfile
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from k4p1 import config as config_lib
@@ -151,6 +152,8 @@ class BadInputTest(tf.test.TestCase):
         config_lib.validate(bad)
 
 
+# ~50 s (a SavedModel with a cascade, two TFLite conversions): the CI slow tier.
+@pytest.mark.large
 class ExportTest(tf.test.TestCase):
 
   @classmethod
@@ -283,6 +286,7 @@ class AcceptanceTest(tf.test.TestCase):
     self.assertEqual((this["task_learned"], this["task_fixed"]), (5 * 34_112, 5 * 34_112))
     self.assertEqual([r["task"] for r in result["tasks"]], ["r224", "r192", "r160", "r128", "r96"])
 
+  @pytest.mark.large  # ~40 s; the slow tier's cascade_latency smoke reuses the same run
   def test_smoke_trains_and_exports_resolution_and_cascade_signatures(self):
     # train.py --config=configs/multires.py:smoke, once per process (the bench smoke reads it)
     workdir = smoke_run_workdir(MULTIRES_SMOKE_CONFIG)
