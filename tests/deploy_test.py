@@ -138,6 +138,7 @@ class DeployBinaryTest(tf.test.TestCase):
     return subprocess.run([self.python, os.path.join(self.repo, "deploy.py"), *args],
                           capture_output=True, text=True, env=self.env, timeout=900)
 
+  @pytest.mark.large  # ~70 s (every format, TFLite conversions): the CI slow tier
   def test_every_format_from_a_workdir(self):
     out_dir = os.path.join(self.root, "out")
     result = self.deploy(f"--workdir={self.workdir}", f"--out={out_dir}",
