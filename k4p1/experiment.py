@@ -131,13 +131,11 @@ def build_cascade(spec, trainer) -> dict:
   def measured(cascade):
     return {name: cascade_lib.evaluate(cascade, p, y, costs) for name, (p, y) in split.items()}
 
-  chosen = cascade_lib.greedy_cascade(*split["validation"], costs, c.tolerance,
-                                      thresholds=c.thresholds)
-  candidates = []
-  for tolerance in sorted(set(CANDIDATE_TOLERANCES) | {c.tolerance}):
-    cascade = cascade_lib.greedy_cascade(*split["validation"], costs, tolerance,
-                                         thresholds=c.thresholds)
-    candidates.append({"tolerance": tolerance, **cascade.to_json(), **measured(cascade)})
+  built = {tolerance: cascade_lib.greedy_cascade(*split["validation"], costs, tolerance,
+                                                 thresholds=c.thresholds)
+           for tolerance in sorted(set(CANDIDATE_TOLERANCES) | {c.tolerance})}
+  chosen = built[c.tolerance]
+  candidates = [{"tolerance": t, **k.to_json(), **measured(k)} for t, k in built.items()]
   singles = {name: cascade_lib.single_model_results(p, y, costs)
              for name, (p, y) in split.items()}
   best = min(c.tasks, key=lambda t: (-singles["validation"][t]["accuracy"], costs[t]))
