@@ -152,7 +152,7 @@ def run(config, patch_paths, base_weights, shared_head=""):
                 f"int8 needs representative data for task {task!r}, but its patch file records "
                 f"no dataset (written by an older k4p1). Use --quantization=float32,dynamic, or "
                 f"retrain/re-save the patch.")
-          data = load_task_data(dataset, models.tasks[task].input_spec.size, spec.data.data_dir,
+          data = load_task_data(dataset, models.tasks[task].input_spec, spec.data.data_dir,
                                 spec.data.download)
           cache[task] = [b.numpy() for b in data.representative_batches(_REPR.value)]
         return cache[task]

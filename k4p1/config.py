@@ -81,10 +81,15 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
       digits, text and traffic signs; turn it on for natural images.
     eval_crop: evaluation keeps this central fraction of each side before resizing (0.875:
       Inception's; 1.0: the whole image). Independent of `augment`.
+    Audio (k4p1/data/audio.py): augment `kws` (time shift up to 100 ms, background noise) or
+    `none`; folds / fold: a folder without split folders is split into `folds`
+    class-stratified folds and fold `fold` is evaluated (0: use split folders);
+    noise: a folder of noise WAVs for `kws` ('' = white noise, 'none' = no noise).
   """
   c = ml_collections.ConfigDict(dict(
       source="tfds", name="", path="", classes="", train_split="train", eval_split="test",
-      train_examples=-1, eval_examples=-1, augment="inception_crop", flip=False, eval_crop=1.0))
+      train_examples=-1, eval_examples=-1, augment="inception_crop", flip=False, eval_crop=1.0,
+      folds=0, fold=0, noise=""))
   c.update(overrides)
   return c
 
@@ -138,6 +143,12 @@ def base_config() -> ml_collections.ConfigDict:
       preprocessing="",     # 'tf' ([-1, 1]), 'caffe', 'torch' or 'none'; '' = backbone default
       seed=0,               # seed of the random initialisation when weights='none'
   ))
+  # Audio backbones (bc_resnet, res15): their input_size is the clip length in samples, and
+  # the model's LogMelFrontend (k4p1.frontends) is built from these; SpecAugment masks apply
+  # in training only. Ignored by image backbones.
+  c.backbone.audio = ml_collections.ConfigDict(dict(
+      sample_rate=16000, bands=40, window_ms=30.0, hop_ms=10.0, lower_hz=20.0, upper_hz=0.0,
+      freq_masks=0, freq_mask_bands=0, time_masks=0, time_mask_frames=0))
   c.tasks = ml_collections.ConfigDict()
   c.task_order = ""  # comma-separated task names in training order ('' = alphabetical)
   c.data = ml_collections.ConfigDict(dict(
@@ -256,6 +267,7 @@ class BackboneSpec:
   preprocessing: str = ""
   seed: int = 0
   use_moving_averages: bool = False
+  audio: tuple = ()          # ((LogMelFrontend option, value), ...) for audio backbones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +283,9 @@ class DatasetSpec:
   augment: str = "inception_crop"
   flip: bool = False
   eval_crop: float = 1.0
+  folds: int = 0
+  fold: int = 0
+  noise: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -618,7 +633,9 @@ def validate(config) -> ExperimentSpec:
   if b.input_size < 0 or (0 < b.input_size < 32):
     raise ConfigError(f"backbone.input_size must be >= 32 (or 0 for the backbone's own). "
                       f"Received: {b.input_size}")
-  backbone = BackboneSpec(**b.to_dict())
+  fields = b.to_dict()
+  audio = fields.pop("audio", None) or {}
+  backbone = BackboneSpec(**fields, audio=tuple(sorted(audio.items())))
   if not config.tasks.keys():
     raise ConfigError("config.tasks is empty: define at least one task (see k4p1.config.task_config).")
   for key in ("batch_size", "eval_batch_size"):
@@ -635,9 +652,14 @@ def validate(config) -> ExperimentSpec:
     if d.source == "tfds" and not d.name:
       raise ConfigError(f"{where}.dataset.name is empty: name a tensorflow-datasets dataset, "
                         f"e.g. 'cifar100'.")
-    if d.augment not in ("inception_crop", "flip", "none"):
-      raise ConfigError(f"{where}.dataset.augment must be inception_crop or none (and "
-                        f"dataset.flip=True for flips). Received: {d.augment!r}")
+    if d.augment not in ("inception_crop", "flip", "none", "kws"):
+      raise ConfigError(f"{where}.dataset.augment must be inception_crop or none for images "
+                        f"(and dataset.flip=True for flips), kws or none for audio. Received: "
+                        f"{d.augment!r}")
+    folds, fold = int(d.get("folds", 0)), int(d.get("fold", 0))
+    if folds < 0 or folds == 1 or not 0 <= fold < max(folds, 1):
+      raise ConfigError(f"{where}.dataset: folds must be 0 (split folders) or >= 2, and fold "
+                        f"in 0..folds-1. Received: folds={folds}, fold={fold}")
     eval_crop = float(d.get("eval_crop", 1.0))
     if not 0.0 < eval_crop <= 1.0:
       raise ConfigError(f"{where}.dataset.eval_crop must be in (0, 1] (1: no crop). "
@@ -646,7 +668,8 @@ def validate(config) -> ExperimentSpec:
         source=d.source, name=d.name, path=d.path, classes=_parse_classes(d.classes, where),
         train_split=d.train_split, eval_split=d.eval_split, train_examples=d.train_examples,
         eval_examples=d.eval_examples, augment="none" if d.augment == "flip" else d.augment,
-        flip=bool(d.get("flip", False)) or d.augment == "flip", eval_crop=eval_crop)
+        flip=bool(d.get("flip", False)) or d.augment == "flip", eval_crop=eval_crop,
+        folds=folds, fold=fold, noise=str(d.get("noise", "")))
     patch = parse_patch(t.patch, t.statistics, t.train_base, where=f"{where}.patch")
     if t.epochs <= 0 and t.steps <= 0:
       raise ConfigError(f"{where}: set epochs > 0 or steps > 0.")

@@ -49,12 +49,20 @@ def recompute_batch_statistics(model, layers: list, batches) -> int:
 
   Returns:
     the number of batches used.
+
+  Training-time input augmentation inside the model (an audio frontend's SpecAugment: layers
+  with an `augmenting` flag) is off meanwhile: statistics describe un-augmented inputs, as the
+  model sees them in inference.
   """
   if not layers:
     return 0
   momenta = [layer.momentum for layer in layers]
+  models = list(model.values()) if isinstance(model, dict) else [model]
+  augmenters = [l for m in models for l in getattr(m, "layers", []) if hasattr(l, "augmenting")]
   k = 0
   try:
+    for layer in augmenters:
+      layer.augmenting = False
     for layer in layers:  # layers that keep their statistics in training normalise by batch now
       if hasattr(layer, "recomputing"):
         layer.recomputing = True
@@ -67,6 +75,8 @@ def recompute_batch_statistics(model, layers: list, batches) -> int:
         model(first, training=True)
       k += 1
   finally:
+    for layer in augmenters:
+      layer.augmenting = True
     for layer, m in zip(layers, momenta):
       layer.momentum = m
       if hasattr(layer, "recomputing"):

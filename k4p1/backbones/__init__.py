@@ -1,7 +1,8 @@
 """Backbones: a Keras functional feature extractor (image -> feature map) plus its preprocessing.
 
 Builders are registered by name in BACKBONES (vision.py: keras.applications and Keras model
-files; ssd.py: the Object Detection API's MobileNetV2 featurizer, read by tf1_import.py);
+files; ssd.py: the Object Detection API's MobileNetV2 featurizer, read by tf1_import.py;
+vit.py: a compact ViT; audio.py: the keyword-spotting BC-ResNet and Res15 on log-mel input);
 `build_backbone(spec)` dispatches on `spec.name`. A new backbone is a registered builder.
 
 Example:
@@ -23,7 +24,7 @@ import numpy as np
 
 from k4p1.config import BackboneSpec
 from k4p1.errors import ConfigError
-from k4p1.frontends import ImageFrontend, InputSpec
+from k4p1.frontends import ImageFrontend, InputSpec, LogMelFrontend
 from k4p1.registry import Registry
 
 BACKBONES = Registry("backbone", field="backbone.name")
@@ -35,23 +36,32 @@ class Backbone:
   """A feature extractor and what a caller needs to feed it.
 
   Attributes:
-    model: functional keras.Model, float image batch (already preprocessed) -> feature map.
-    input_size: square input resolution.
-    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': the frontend's mode.
+    model: functional keras.Model, float image batch (already preprocessed) -> feature map;
+      for audio, log-mel features [batch, bands, frames, 1] -> feature map.
+    input_size: square input resolution; for audio, the clip length in samples.
+    preprocessing: 'tf' ([-1, 1]), 'caffe', 'torch' or 'none': the image frontend's mode.
     spec: the spec it was built from.
+    audio: LogMelFrontend options of an audio backbone (its inputs are waveforms); None for
+      images.
   """
   model: keras.Model
   input_size: int
   preprocessing: str
   spec: BackboneSpec
+  audio: dict | None = None
 
   @property
   def input_spec(self) -> InputSpec:
     """What a task model on this backbone takes (before its frontend)."""
+    if self.audio is not None:
+      return InputSpec.audio(self.input_size, self.audio.get("sample_rate", 16000))
     return InputSpec.image(self.input_size, channels=self.model.input_shape[-1])
 
-  def frontend(self, name: str = "preprocess") -> ImageFrontend:
-    """A new frontend layer mapping raw pixels to this backbone's input range."""
+  def frontend(self, name: str = "preprocess") -> keras.layers.Layer:
+    """A new frontend layer: raw pixels to this backbone's input range, or waveforms to
+    log-mel features."""
+    if self.audio is not None:
+      return LogMelFrontend(**self.audio, name=name)
     return ImageFrontend(self.preprocessing, name=name)
 
 
@@ -117,6 +127,9 @@ def for_sizes(backbone: Backbone, sizes) -> Backbone:
       layers are bound to one input size (a ViT's position embedding).
   """
   own = backbone.input_size
+  if backbone.audio is not None and any(s and int(s) != own for s in sizes):
+    raise ConfigError(f"Audio backbones run on clips of backbone.input_size={own} samples; "
+                      f"tasks cannot set their own input_size. Received: {sorted(set(sizes))}")
   sizes = sorted({int(s) for s in sizes if s and int(s) != own})
   if not sizes:
     return backbone
@@ -166,4 +179,4 @@ def weights_fingerprint(variables) -> str:
 
 
 # The builders register themselves on import.
-from k4p1.backbones import ssd, vision, vit  # noqa: E402,F401
+from k4p1.backbones import audio, ssd, vision, vit  # noqa: E402,F401

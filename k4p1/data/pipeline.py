@@ -2,7 +2,8 @@
 
 Images leave the pipeline as float32 in [0, 255] at the backbone's resolution; the model's
 frontend (k4p1.frontends.ImageFrontend) maps them to the backbone's range, so exported
-signatures can take uint8.
+signatures can take uint8. Audio clips leave it as float32 waveforms in [-1, 1] of the
+model's clip length (k4p1.data.audio); the model's LogMelFrontend computes the features.
 
 Example:
   ds = task_data.train_batches(batch_size=32, seed=0)
@@ -20,7 +21,8 @@ from k4p1.config import DatasetSpec
 
 @dataclasses.dataclass
 class Split:
-  """Unbatched (image uint8 HxWxC, label int32) examples and their count.
+  """Unbatched (image uint8 HxWxC, label int32) examples and their count; or (waveform int16
+  or float32 [n], label) with the clips' `sample_rate`.
 
   `make` builds the dataset each time `dataset` is read, so a dataset function traced for
   another process (a parameter-server worker) creates its own instead of capturing this
@@ -28,6 +30,7 @@ class Split:
   """
   make: Callable[[], tf.data.Dataset]
   size: int
+  sample_rate: int = 0
 
   @property
   def dataset(self) -> tf.data.Dataset:
@@ -36,7 +39,11 @@ class Split:
 
 @dataclasses.dataclass
 class TaskData:
-  """A task's train and eval splits and how to batch them."""
+  """A task's train and eval splits and how to batch them.
+
+  `input_spec` (k4p1.frontends.InputSpec) says what the model takes: images of
+  `image_size`, or audio clips (`noise`: the `kws` augmentation's noise bank, or None).
+  """
   spec: DatasetSpec
   train: Split
   eval: Split
@@ -45,14 +52,25 @@ class TaskData:
   cache: bool = True
   shuffle_buffer: int = 2048
   class_names: tuple = ()
+  input_spec: object = None
+  noise: object = None
 
-  def train_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Shuffled, augmented, repeated batches of `batch_size` (incomplete batches dropped)."""
-    ds = self.train.dataset
-    if self.cache:
-      ds = ds.cache()
-    ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed,
-                    reshuffle_each_iteration=True).repeat()
+  @property
+  def audio(self) -> bool:
+    return self.input_spec is not None and self.input_spec.modality == "audio"
+
+  def _train_map(self, seed):
+    """(index, (x, label)) -> (preprocessed, augmented x, label)."""
+    if self.audio:
+      from k4p1.data.audio import preprocess_audio_train
+      samples, rate, noise = self.image_size, self.input_spec.sample_rate, self.noise
+      augment, mode = self.spec.augment, self.spec.noise
+
+      def prepare_audio(index, example):
+        wave, label = example
+        op_seed = tf.stack([tf.cast(seed, tf.int64), index])
+        return preprocess_audio_train(wave, samples, rate, augment, op_seed, noise, mode), label
+      return prepare_audio
     augment, flip = self.spec.augment, self.spec.flip
     size = self.image_size
 
@@ -62,33 +80,50 @@ class TaskData:
       # any process and under any strategy.
       op_seed = tf.stack([tf.cast(seed, tf.int64), index])
       return preprocess_train(image, size, augment, flip, op_seed), label
+    return prepare
 
-    ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  def _eval_map(self):
+    """x -> x as evaluated (resized / fitted, never augmented)."""
+    if self.audio:
+      from k4p1.data.audio import preprocess_audio_eval
+      samples = self.image_size
+      return lambda x: preprocess_audio_eval(x, samples)
+    crop, size = self.spec.eval_crop, self.image_size
+    return lambda x: preprocess_eval(x, size, crop)
+
+  def train_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Shuffled, augmented, repeated batches of `batch_size` (incomplete batches dropped)."""
+    ds = self.train.dataset
+    if self.cache:
+      ds = ds.cache()
+    ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed,
+                    reshuffle_each_iteration=True).repeat()
+    ds = ds.enumerate().map(self._train_map(seed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def representative_batches(self, examples: int, batch_size: int = 16) -> tf.data.Dataset:
     """The first `examples` training images, un-augmented (resized as for eval): what int8
     quantization calibrates activation ranges on."""
-    crop, size = self.spec.eval_crop, self.image_size
-    ds = self.train.dataset.take(examples).map(lambda i, l: preprocess_eval(i, size, crop),
+    fit = self._eval_map()
+    ds = self.train.dataset.take(examples).map(lambda i, l: fit(i),
                                                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size)
 
   def statistics_batches(self, batch_size: int, seed: int) -> tf.data.Dataset:
     """Shuffled training images preprocessed as for evaluation (no augmentation), repeated:
     what BN statistics are recomputed on, so they match the images the model is evaluated on."""
-    crop, size = self.spec.eval_crop, self.image_size
+    fit = self._eval_map()
     ds = self.train.dataset
     if self.cache:
       ds = ds.cache()
     ds = ds.shuffle(min(self.shuffle_buffer, max(self.train.size, 1)), seed=seed).repeat()
-    ds = ds.map(lambda i, l: (preprocess_eval(i, size, crop), l),
+    ds = ds.map(lambda i, l: (fit(i), l),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
   def eval_batches(self, batch_size: int) -> tf.data.Dataset:
-    crop, size = self.spec.eval_crop, self.image_size
-    ds = self.eval.dataset.map(lambda i, l: (preprocess_eval(i, size, crop), l),
+    fit = self._eval_map()
+    ds = self.eval.dataset.map(lambda i, l: (fit(i), l),
                                num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 

@@ -1,12 +1,14 @@
-"""Data sources: where a task's labelled images come from, registered by name.
+"""Data sources: where a task's labelled images (or audio clips) come from, registered by name.
 
-  tfds             tensorflow-datasets by name; offline it fails at once unless data is prepared.
+  tfds             tensorflow-datasets by name; offline it fails at once unless data is prepared
+                   (audio too: `speech_commands` gives 16 kHz int16 clips, 12 classes).
   image_folder     ROOT/<split>/<label>/*.jpg|png (ImageFolder layout; class folders named
                    0, 1, ..., 10 sort as numbers).
   arrays           an .npz with <split>_images (uint8) and <split>_labels, optional class_names.
   cifar10_tarball  the CIFAR-10 JPEG tarball (extracted once into $K4P1_CACHE_DIR).
   fashion_mnist    the four Fashion-MNIST IDX .gz files in a folder.
   digits           scikit-learn's bundled 8x8 digits (ships with the install; 75/25 split, seed 0).
+  wav_folder, speech_commands_subset: audio, in k4p1/data/audio.py.
 
 Local paths default to files under `$K4P1_DATA_DIR` (e.g. ../shared/data) when `path` is empty.
 Local sources shuffle each split once (seed 0); `train_examples` / `eval_examples` subsets are
@@ -304,6 +306,9 @@ def _tfds_split(load, split_name, info, spec: DatasetSpec, limit: int) -> Split:
       ds = ds.map(lambda x, y: (x, tf.cast(y, tf.int32)))
     return ds.take(limit) if limit > 0 else ds
 
+  rate = 0
+  if "audio" in info.features and hasattr(info.features["audio"], "sample_rate"):
+    rate = int(info.features["audio"].sample_rate or 0)
   size = None
   if not spec.classes:
     try:
@@ -314,7 +319,7 @@ def _tfds_split(load, split_name, info, spec: DatasetSpec, limit: int) -> Split:
     size = int(make().reduce(0, lambda n, _: n + 1))
   elif limit > 0:
     size = min(size, limit)
-  return Split(make, size)
+  return Split(make, size, sample_rate=rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,15 +411,41 @@ def num_classes_of(spec: DatasetSpec, data_dir: str = "") -> int:
   return DATA_SOURCES.lookup(spec.source).num_classes(spec, data_dir)
 
 
-def load_task_data(spec: DatasetSpec, image_size: int, data_dir: str = "",
+def _check_modality(train: Split, spec: DatasetSpec, input_spec) -> None:
+  """A clear error when a dataset's examples do not fit the model (images for an audio model,
+  clips at another sample rate)."""
+  where = f"{spec.source}:{spec.name or spec.path or spec.source}"
+  rank = train.dataset.element_spec[0].shape.rank
+  if input_spec.modality == "audio":
+    if rank != 1:
+      raise DataError(f"{where} holds images (examples of rank {rank}), but the backbone is an "
+                      f"audio model taking waveforms: use an audio source (wav_folder, "
+                      f"speech_commands_subset, tfds speech_commands) or an image backbone.")
+    if train.sample_rate and train.sample_rate != input_spec.sample_rate:
+      raise DataError(f"{where} is sampled at {train.sample_rate} Hz, but the model takes "
+                      f"{input_spec.sample_rate} Hz audio (backbone.audio.sample_rate). "
+                      f"Resample the WAVs (`sox IN.wav -r {input_spec.sample_rate} OUT.wav`) or "
+                      f"set backbone.audio.sample_rate={train.sample_rate}.")
+  elif rank == 1:
+    raise DataError(f"{where} holds audio clips, but the backbone takes images: use an audio "
+                    f"backbone (backbone.name=bc_resnet or res15).")
+
+
+def load_task_data(spec: DatasetSpec, image_size, data_dir: str = "",
                    download: bool = False, cache: bool = True,
                    shuffle_buffer: int = 2048) -> TaskData:
   """Reads a task's train and eval splits (see module docstring).
+
+  Args:
+    image_size: the model's square image size, or its k4p1.frontends.InputSpec (audio models
+      pass theirs: clips are fitted to its length and checked against its sample rate).
 
   Raises:
     ConfigError: an unknown source.
     DataError: the data is missing or malformed; the message says how to provide it.
   """
+  from k4p1.frontends import InputSpec
+  input_spec = image_size if isinstance(image_size, InputSpec) else InputSpec.image(image_size)
   train, test, names = DATA_SOURCES.lookup(spec.source).read(spec, data_dir, download)
   names = [str(n) for n in names]
   if spec.classes:
@@ -425,5 +456,13 @@ def load_task_data(spec: DatasetSpec, image_size: int, data_dir: str = "",
   if train.size == 0:
     raise DataError(f"The training split of {spec.source}:{spec.name or spec.path} is empty "
                     f"after filtering (classes={spec.classes}).")
-  return TaskData(spec, train, test, len(names), image_size, cache, shuffle_buffer,
-                  class_names=tuple(names))
+  _check_modality(train, spec, input_spec)
+  noise = None
+  if input_spec.modality == "audio" and spec.augment == "kws":
+    from k4p1.data.audio import noise_bank
+    noise = noise_bank(spec, input_spec.size, input_spec.sample_rate)
+  return TaskData(spec, train, test, len(names), input_spec.size, cache, shuffle_buffer,
+                  class_names=tuple(names), input_spec=input_spec, noise=noise)
+
+
+from k4p1.data import audio  # noqa: E402,F401  (registers the audio sources)

@@ -1,7 +1,8 @@
 """The multi-task SavedModel: a signature per task, plus the mixed-task signature.
 
 Each task signature takes `images`: uint8 [batch, height, width, 3] at any size (resized
-inside), and returns `probabilities` (float32 [batch, classes]) and `classes` (int64 [batch],
+inside), or for an audio backbone `waveforms`: float32 [batch, samples] at any length (16 kHz,
+in [-1, 1]; zero-padded or cut to the model's clip length inside), and returns `probabilities` (float32 [batch, classes]) and `classes` (int64 [batch],
 the arg max). The first task is also `serving_default`.
 
 Signature kinds are registered (SIGNATURE_KINDS: `task`, `mixed`, `cascade`); a new kind is a
@@ -60,6 +61,9 @@ def task_index(models: TaskModels, tasks: list[str], mixed_tasks: list[str]) -> 
                                                            enumerate(mixed_tasks)}}
                 if mixed_tasks else None),
       "input_size": models.backbone.input_size,
+      "input": {"name": models.backbone.input_spec.name,
+                "modality": models.backbone.input_spec.modality,
+                "sample_rate": models.backbone.input_spec.sample_rate},
   }
 
 

@@ -87,13 +87,20 @@ def tflite_model(models: TaskModels, tasks: list[str], quantization: str = "floa
 
       def samples():  # several signatures: (signature key, inputs) pairs calibrate each one
         for t in tasks:
+          key = models.tasks[t].input_spec.name
           for batch in representative(t):
-            for image in np.asarray(batch, np.float32):
-              yield (t, {"images": image[None]}) if multi else {"images": image[None]}
+            for example in np.asarray(batch, np.float32):
+              yield (t, {key: example[None]}) if multi else {key: example[None]}
 
       converter.representative_dataset = samples
-      converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-      converter.inference_input_type = tf.uint8
+      if any(models.tasks[t].input_spec.modality == "audio" for t in tasks):
+        # The log-mel frontend (STFT, log) has no int8 kernels: it runs in float32 on float
+        # waveforms, and everything after it (the backbone and classifier) in int8.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+      else:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
     return converter.convert()
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -106,7 +113,8 @@ def interpreter(content: bytes):
 
 
 def run_tflite(content: bytes, task: str, images: np.ndarray, resize: bool = False) -> np.ndarray:
-  """Probabilities of `task`'s signature for [n, size, size, 3] images in [0, 255].
+  """Probabilities of `task`'s signature for [n, size, size, 3] images in [0, 255] (or, for an
+  audio model, [n, samples] waveforms in [-1, 1]).
 
   A TFLite file takes images at its model's size only (unlike the SavedModel, which resizes
   inside): other sizes are refused, or, with `resize`, resized bilinearly first as the
@@ -116,7 +124,16 @@ def run_tflite(content: bytes, task: str, images: np.ndarray, resize: bool = Fal
     DeployError: the images' size is not the model's and `resize` is False.
   """
   runner = interpreter(content).get_signature_runner(task)
-  details = runner.get_input_details()["images"]
+  inputs = runner.get_input_details()
+  if "waveforms" in inputs:
+    samples = int(inputs["waveforms"]["shape"][1])
+    x = np.asarray(images, np.float32)
+    if x.ndim != 2 or x.shape[1] != samples:
+      raise DeployError(f"TFLite task {task!r} takes waveforms [n, {samples}] (float32 in "
+                        f"[-1, 1]); received shape {x.shape}. Pad or cut clips to {samples} "
+                        f"samples first.")
+    return runner(waveforms=x)["probabilities"]
+  details = inputs["images"]
   x = np.asarray(images, np.float32)
   size = tuple(int(d) for d in details["shape"][1:3])
   if x.ndim != 4 or x.shape[-1] != details["shape"][-1]:

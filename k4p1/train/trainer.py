@@ -135,7 +135,7 @@ class Trainer:
       for i, task in enumerate(spec.tasks):
         if with_data:
           self.data[task.name] = data_lib.load_task_data(
-              task.dataset, task.input_size or self.backbone.input_size, d.data_dir,
+              task.dataset, self.models.input_spec(task), d.data_dir,
               d.download, d.cache, d.shuffle_buffer)
           n = self.data[task.name].num_classes
           names = self.data[task.name].class_names
