@@ -164,6 +164,8 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.045,           # the paper's initial learning rate
       decay_rate=0.98,    # multiply the rate by this ...
       decay_epochs=2.5,   # ... every this many epochs (staircase)
+      schedule="staircase",  # 'staircase' (the above) or 'cosine' (annealed to 0 over each
+                             # phase's steps: the SWR paper's Adam schedule)
       momentum=0.9,       # RMSProp/SGD momentum (TF-slim MobileNet defaults)
       rho=0.9,            # RMSProp decay
       epsilon=1.0,        # RMSProp epsilon (TF-slim default; 1e-7 diverges at lr 0.045)
@@ -353,6 +355,7 @@ class OptimizerSpec:
   lr: float = 0.045
   decay_rate: float = 0.98
   decay_epochs: float = 2.5
+  schedule: str = "staircase"
   momentum: float = 0.9
   rho: float = 0.9
   epsilon: float = 1.0
@@ -636,6 +639,9 @@ def validate(config) -> ExperimentSpec:
   fields = b.to_dict()
   audio = fields.pop("audio", None) or {}
   backbone = BackboneSpec(**fields, audio=tuple(sorted(audio.items())))
+  if config.optimizer.get("schedule", "staircase") not in ("staircase", "cosine"):
+    raise ConfigError(f"optimizer.schedule must be staircase or cosine. Received: "
+                      f"{config.optimizer.schedule!r}")
   if not config.tasks.keys():
     raise ConfigError("config.tasks is empty: define at least one task (see k4p1.config.task_config).")
   for key in ("batch_size", "eval_batch_size"):

@@ -192,6 +192,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   """Runs `mode` (see module docstring) and returns what it wrote to its JSON file."""
   from k4p1.analysis import report as report_lib
   from k4p1.analysis import taps as taps_lib
+  from k4p1.analysis import swr as swr_lib
   from k4p1.train.trainer import Trainer
   if mode not in MODES:
     raise ConfigError(f"Unknown mode {mode!r}. Modes: {', '.join(MODES)}")
@@ -214,9 +215,10 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     rows = report_lib.parameter_report(models, patch_sizes(models))
     print(report_lib.format_parameter_report(rows, trainer.backbone.model.name), flush=True)
     for name in models.tasks:
-      text = taps_lib.format_taps_layers(models, name, trained=False)
-      if text:
-        print("\n" + text, flush=True)
+      for text in (taps_lib.format_taps_layers(models, name, trained=False),
+                   swr_lib.format_swr_layers(models, name)):
+        if text:
+          print("\n" + text, flush=True)
     if spec.multitask.tasks:
       learnable = sum(int(v.shape.num_elements()) for v in models.shared_learnable_variables())
       print(f"\nTrained jointly ({spec.multitask.step} steps): {', '.join(spec.multitask.tasks)}; "
@@ -257,11 +259,16 @@ def run(config, workdir: str, mode: str = "train") -> dict:
     summary = taps_lib.taps_summary(models, row["task"])
     if summary:
       row["taps"] = summary
+    summary = swr_lib.swr_summary(models, row["task"])
+    if summary:
+      row["swr"] = summary
   result = {"mode": mode, "backbone": trainer.backbone.model.name, "tasks": rows}
   print(report_lib.format_results_table(rows), flush=True)
   for row in rows:
     if "taps" in row:
       print("\n" + taps_lib.format_taps_layers(models, row["task"]), flush=True)
+    if "swr" in row:
+      print("\n" + swr_lib.format_swr(row["swr"], row["task"]), flush=True)
   if spec.cascade.tasks and trainer.is_chief:
     result["cascade"] = build_cascade(spec, trainer)
     _write_json(os.path.join(workdir, CASCADE_FILE), result["cascade"])

@@ -119,6 +119,7 @@ class TaskModel:
   frontend: keras.layers.Layer
   class_names: tuple = ()  # in label order; () when unknown (e.g. --mode=params)
   input_spec: InputSpec = InputSpec()  # what it takes (its own resolution)
+  auxiliary: dict = dataclasses.field(default_factory=dict)  # training-only (SWR's policy)
 
   @property
   def name(self) -> str:
@@ -201,6 +202,10 @@ class TaskModels:
                                 name=f"k4p1_{spec.name}")
     task = TaskModel(spec, num_classes, model, patched, head, frontend,
                      tuple(str(c) for c in class_names), input_spec)
+    for k in patches.kinds_of(spec.patch):
+      if k.auxiliary is not None:
+        layers = [layer for layer, _, kind in patched.patch_layers if kind == k.name]
+        task.auxiliary.update(k.auxiliary(layers, patches.options(spec.patch, k.name), seed))
     self.tasks[spec.name] = task
     self._kinds[spec.name] = self._read_variable_kinds(spec.name)
     return task

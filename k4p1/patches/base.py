@@ -67,6 +67,8 @@ class PatchKind:
       None (TAPS's L1 on its scores); `step` is the task's step counter.
     rate: optional (task_layer, options) -> (group, variables, learning rate) or None: variables
       of the layer trained at their own rate (TAPS's scores at `score_lr`).
+    auxiliary: optional (task_layers, options, seed) -> {name: Keras object}: training-only
+      parts of the task (SWR's policy network), checkpointed with it, never exported.
     order: position in labels and reports (smaller first).
   """
   name: str
@@ -83,6 +85,7 @@ class PatchKind:
   fixed_note: str = ""
   penalty: Optional[Callable] = None
   rate: Optional[Callable] = None
+  auxiliary: Optional[Callable] = None
   order: int = 100
 
   def initialise(self, task_layer, base_layer):

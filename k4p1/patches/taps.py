@@ -106,72 +106,74 @@ def gate(score, tau: float):
   return indicator + (score - ops.stop_gradient(score))
 
 
-@keras.saving.register_keras_serializable(package="k4p1")
-class TapsPatch(PatchLayer, keras.layers.Wrapper):
-  """A shared layer computing with `w_base + I(s >= tau) * dw` for one task, per gated unit.
+class GatedDeltaPatch(PatchLayer, keras.layers.Wrapper):
+  """A shared layer computing with `w_base + g * dw` per gated unit: the one gated-delta
+  mechanism. Subclasses say where each unit's gate `g` comes from: TAPS (TapsPatch) from its
+  own score, I(s >= tau); SWR (k4p1/patches/swr.py) from a policy network, through a `gates`
+  input the layer is called with, or its stored decision.
 
-  A conv/dense layer is one unit (variables `score`, `delta`); a MultiHeadAttention is four,
-  its query, key, value and output projections (`score_query`, `delta_query`, ...).
+  A conv/dense layer is one unit (variable `delta`); a MultiHeadAttention is four, its query,
+  key, value and output projections (`delta_query`, ...). Deltas start at zero, so a fresh
+  patch computes what the shared layer computes; a gated-off unit's delta changes no output,
+  is left out of patch files and is not merged by folding.
 
   Args:
     layer: the shared layer (Conv2D, DepthwiseConv2D, Dense, EinsumDense or
       MultiHeadAttention); never modified.
-    task: the task owning the scores and deltas.
-    tau, init: see TapsOptions.
+    task: the task owning the deltas.
   """
 
-  kind = "taps"
-
-  def __init__(self, layer, task: str, base_name: str = "", tau: float = 0.1,
-               init: float = 0.15, **kwargs):
+  def __init__(self, layer, task: str, base_name: str = "", **kwargs):
     if not isinstance(layer, GATEABLE):
-      raise ValueError(f"TAPS gates {', '.join(c.__name__ for c in GATEABLE)} layers; "
-                       f"{layer.name!r} is a {type(layer).__name__}.")
+      raise ValueError(f"{self.kind.upper()} gates {', '.join(c.__name__ for c in GATEABLE)} "
+                       f"layers; {layer.name!r} is a {type(layer).__name__}.")
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-      raise ValueError(f"TAPS cannot gate {layer.name!r}: it has LoRA or quantization enabled.")
+      raise ValueError(f"{self.kind.upper()} cannot gate {layer.name!r}: it has LoRA or "
+                       f"quantization enabled.")
     kwargs.setdefault("name", self.patch_name(layer.name, task))
     super().__init__(layer, **kwargs)
     self._init_patch(task, base_name or layer.name)
-    self.tau = float(tau)
-    self.init = float(init)
 
   def build(self, input_shape=None):
     if not self.layer.built:
       self.layer.build(input_shape)
-    self.units, self.scores, self.deltas = [], [], []
-    for unit, kernel in gated_units(self.layer):
-      suffix = f"_{unit}" if unit else ""
+    self.units, self.deltas = [], []
+    for i, (unit, kernel) in enumerate(gated_units(self.layer)):
       self.units.append(unit)
-      self.scores.append(self.add_weight(name=f"score{suffix}", shape=(),
-                                         initializer=keras.initializers.Constant(self.init)))
-      self.deltas.append(self.add_weight(name=f"delta{suffix}", shape=kernel.shape,
-                                         initializer="zeros"))
+      self._build_gate(f"_{unit}" if unit else "", i)
+      self.deltas.append(self.add_weight(name=f"delta_{unit}" if unit else "delta",
+                                         shape=kernel.shape, initializer="zeros"))
+      # Keras keeps lists of variables out of TF checkpoints: each is also an attribute.
+      setattr(self, f"delta_{i}", self.deltas[-1])
     self.built = True
 
+  def _build_gate(self, suffix: str, index: int):
+    """Creates unit `index`'s gate state (a score, a stored decision), before its delta; sets
+    it as an attribute too, so that checkpoints hold it."""
+
+  def unit_gates(self, gates=None) -> list:
+    """Each unit's gate g (a scalar tensor); `gates`: what the layer was called with."""
+    raise NotImplementedError
+
   @property
-  def score(self):
-    """The score of a single-unit layer (conv/dense)."""
-    return self.scores[0]
+  def active_units(self) -> list[bool]:
+    """Whether each unit is task-specific now (eager)."""
+    raise NotImplementedError
 
   @property
   def delta(self):
     """The delta of a single-unit layer (conv/dense)."""
     return self.deltas[0]
 
-  def effective_kernels(self) -> list:
-    """[w_base + I(s >= tau) * dw] per unit."""
-    return [kernel + gate(score, self.tau) * delta for (_, kernel), score, delta in
-            zip(gated_units(self.layer), self.scores, self.deltas)]
+  def effective_kernels(self, gates=None) -> list:
+    """[w_base + g * dw] per unit."""
+    return [kernel + g * delta for (_, kernel), g, delta in
+            zip(gated_units(self.layer), self.unit_gates(gates), self.deltas)]
 
   @property
   def kernel(self):
-    """The effective kernel of a single-unit layer: w_base + I(s >= tau) * dw."""
+    """The effective kernel of a single-unit layer: w_base + g * dw."""
     return self.effective_kernels()[0]
-
-  @property
-  def active_units(self) -> list[bool]:
-    """Whether each unit is task-specific now (eager)."""
-    return [float(keras.ops.convert_to_numpy(s)) >= self.tau for s in self.scores]
 
   @property
   def active(self) -> bool:
@@ -187,29 +189,19 @@ class TapsPatch(PatchLayer, keras.layers.Wrapper):
   def delta_size(self) -> int:
     return sum(self.unit_sizes)
 
-  def call(self, inputs, *args, training=None, **kwargs):
+  def call(self, inputs, *args, gates=None, training=None, **kwargs):
     mapping = [(kernel, effective) for (_, kernel), effective in
-               zip(gated_units(self.layer), self.effective_kernels())]
+               zip(gated_units(self.layer), self.effective_kernels(gates))]
     with keras.StatelessScope(state_mapping=mapping):
       return self.layer(inputs, *args, training=training, **kwargs)
 
   def compute_output_spec(self, *args, **kwargs):
     kwargs.pop("training", None)
+    kwargs.pop("gates", None)
     return self.layer.compute_output_spec(*args, **kwargs)
 
   def compute_output_shape(self, *args, **kwargs):
     return self.layer.compute_output_shape(*args, **kwargs)
-
-  def init_from_base(self, base):
-    for score, delta in zip(self.scores, self.deltas):
-      score.assign(self.init)
-      delta.assign(keras.ops.zeros_like(delta))
-
-  def own_variables(self) -> list:
-    return self.scores + self.deltas
-
-  def learned_variables(self) -> list:
-    return self.scores + self.deltas
 
   def omitted_variables(self) -> list:
     """What a patch file may leave out: inactive units' deltas (they change no output)."""
@@ -226,7 +218,65 @@ class TapsPatch(PatchLayer, keras.layers.Wrapper):
     return plain
 
   def get_config(self):
-    return {**super().get_config(), **self._patch_config(), "tau": self.tau, "init": self.init}
+    return {**super().get_config(), **self._patch_config()}
+
+
+@keras.saving.register_keras_serializable(package="k4p1")
+class TapsPatch(GatedDeltaPatch):
+  """A shared layer computing with `w_base + I(s >= tau) * dw` for one task, per gated unit.
+
+  Each unit has a score (`score`, or `score_query`, ... for an attention layer's projections).
+
+  Args:
+    layer: the shared layer (Conv2D, DepthwiseConv2D, Dense, EinsumDense or
+      MultiHeadAttention); never modified.
+    task: the task owning the scores and deltas.
+    tau, init: see TapsOptions.
+  """
+
+  kind = "taps"
+
+  def __init__(self, layer, task: str, base_name: str = "", tau: float = 0.1,
+               init: float = 0.15, **kwargs):
+    super().__init__(layer, task, base_name, **kwargs)
+    self.tau = float(tau)
+    self.init = float(init)
+
+  def build(self, input_shape=None):
+    self.scores = []
+    super().build(input_shape)
+
+  def _build_gate(self, suffix: str, index: int):
+    self.scores.append(self.add_weight(name=f"score{suffix}", shape=(),
+                                       initializer=keras.initializers.Constant(self.init)))
+    setattr(self, f"score_{index}", self.scores[-1])
+
+  @property
+  def score(self):
+    """The score of a single-unit layer (conv/dense)."""
+    return self.scores[0]
+
+  def unit_gates(self, gates=None) -> list:
+    """I(s >= tau) per unit, straight-through (TAPS has no gate input)."""
+    return [gate(score, self.tau) for score in self.scores]
+
+  @property
+  def active_units(self) -> list[bool]:
+    return [float(keras.ops.convert_to_numpy(s)) >= self.tau for s in self.scores]
+
+  def init_from_base(self, base):
+    for score, delta in zip(self.scores, self.deltas):
+      score.assign(self.init)
+      delta.assign(keras.ops.zeros_like(delta))
+
+  def own_variables(self) -> list:
+    return self.scores + self.deltas
+
+  def learned_variables(self) -> list:
+    return self.scores + self.deltas
+
+  def get_config(self):
+    return {**super().get_config(), "tau": self.tau, "init": self.init}
 
 
 def penalty(layers: list, options: TapsOptions, step=None):

@@ -63,11 +63,18 @@ def _adam(spec, schedule):
   return keras.optimizers.Adam(schedule)
 
 
-def make_optimizer(spec, lr: float, steps_per_epoch: int,
-                   schedule=None) -> keras.optimizers.Optimizer:
+SCHEDULES = ("staircase", "cosine")
+
+
+def make_optimizer(spec, lr: float, steps_per_epoch: int, schedule=None,
+                   total_steps: int = 0) -> keras.optimizers.Optimizer:
   """The optimizer named by `spec.name`, lr decayed by `decay_rate` every `decay_epochs`
-  (or following `schedule`, e.g. a joint-step schedule in multi-task training)."""
+  (`spec.schedule='staircase'`), or cosine-annealed to 0 over `total_steps` ('cosine': the
+  SWR paper's Adam schedule); or following `schedule`, e.g. a joint-step schedule in
+  multi-task training."""
   build = OPTIMIZERS.lookup(spec.name)
+  if schedule is None and getattr(spec, "schedule", "staircase") == "cosine" and total_steps:
+    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(total_steps))
   schedule = schedule or keras.optimizers.schedules.ExponentialDecay(
       lr, decay_steps=max(1, int(round(spec.decay_epochs * steps_per_epoch))),
       decay_rate=spec.decay_rate, staircase=True)

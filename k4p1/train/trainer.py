@@ -39,9 +39,16 @@ from k4p1 import data as data_lib
 from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import ExperimentSpec
 from k4p1.model import TaskModels, recompute_batch_statistics
+from k4p1.registry import Registry
 from k4p1.train.optimizers import make_optimizer
 from k4p1.train.steps import StepMetrics, make_train_step
 from k4p1.train.strategies import is_chief, is_parameter_server, make_strategy
+
+
+# Patch kinds whose tasks train in stages: kind name -> (trainer, task, the kind's options,
+# the task's steps) -> [Phase]. k4p1/train/swr.py registers 'swr' (super-net, policy,
+# reparametrization).
+STAGED_KINDS = Registry("staged patch kind")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +65,18 @@ class Phase:
     lr: its initial learning rate (0: the task's, else the optimizer's).
     tasks: for a joint phase (multi-task training, k4p1.train.joint), every task it trains at
       once; `task` is then the first of them.
+    flags: 'auto': with `variables`, exactly the layers owning them are trainable (every
+      other layer, BN included, runs in inference mode); 'task': the task's own flags (its
+      patch's BN layers use batch statistics) whatever `variables` says.
+    start: optional (trainer, phase) -> None, run once when the phase begins (not on resume:
+      what it changes is in the checkpoint), e.g. SWR binarizing its policy.
+    finish: optional (trainer, phase) -> None, after the last step, before statistics are
+      recomputed and the checkpoint written.
+    step: optional (trainer, phase, [(optimizer, variables)]) -> (step_fn(iterator),
+      read_extra() -> {name: value}): a step of its own (SWR's policy step); it must add to
+      trainer.metrics and increment the phase's step counter, as make_train_step does.
+    rate_groups: ((group, (models) -> variables, learning rate), ...): variables the phase
+      trains with their own optimizer and rate (key `<phase>__<group>`).
   """
   name: str
   task: str
@@ -65,6 +84,11 @@ class Phase:
   variables: Optional[Callable] = None
   lr: float = 0.0
   tasks: tuple = ()
+  flags: str = "auto"
+  start: Optional[Callable] = None
+  finish: Optional[Callable] = None
+  step: Optional[Callable] = None
+  rate_groups: tuple = ()
 
 
 def _replica_batches(data, global_batch: int, seed: int, context: tf.distribute.InputContext):
@@ -171,7 +195,7 @@ class Trainer:
                                          self.steps_per_epoch(phase.task),
                                          spec.optimizer.decay_rate, self.steps[phase.name])
               opt = make_optimizer(spec.optimizer, rate, self.steps_per_epoch(phase.task),
-                                   schedule=schedule)
+                                   schedule=schedule, total_steps=phase.steps)
               opt.build(variables)
               self.optimizers[key] = opt
     root = tf.Module()
@@ -179,6 +203,9 @@ class Trainer:
     root.tasks = {k: t.model for k, t in self.models.tasks.items()}
     root.optimizers = self.optimizers
     root.steps = self.steps
+    auxiliary = {k: dict(t.auxiliary) for k, t in self.models.tasks.items() if t.auxiliary}
+    if auxiliary:  # training-only parts (SWR's policy); absent from other runs' checkpoints
+      root.auxiliary = auxiliary
     self.checkpoint = tf.train.Checkpoint(root=root)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if not self.is_chief:  # other workers write throw-away copies (multi-worker protocol)
@@ -189,11 +216,17 @@ class Trainer:
 
   def _default_phases(self, with_data: bool) -> list:
     """One phase per task in task order; the multitask tasks share one joint phase."""
+    from k4p1 import patches
     joint = self.spec.multitask.tasks
     phases = []
     for t in self.spec.tasks:
-      if t.name not in joint:
-        phases.append(Phase(t.name, t.name, self.total_steps(t.name) if with_data else 0))
+      staged = [k for k in patches.kinds_of(t.patch) if k.name in STAGED_KINDS]
+      steps = self.total_steps(t.name) if with_data else 0
+      if t.name not in joint and staged:  # a kind with stages of its own (SWR)
+        stages = STAGED_KINDS.lookup(staged[0].name)
+        phases.extend(stages(self, t.name, patches.options(t.patch, staged[0].name), steps))
+      elif t.name not in joint:
+        phases.append(Phase(t.name, t.name, steps))
       elif t.name == joint[0]:
         steps = self._joint_total_steps() if with_data else 0
         phases.append(Phase("joint", joint[0], steps, tasks=tuple(joint)))
@@ -423,6 +456,8 @@ class Trainer:
     own = dict(self.models.rate_groups(phase.task))
     if task.head_lr:
       own["head"] = (self.models.tasks[phase.task].head.weights, task.head_lr)
+    for group, members, rate in phase.rate_groups:
+      own[group] = (list(members(self.models)), rate)
     for group, (members, rate) in own.items():
       ids = {id(v) for v in members}
       picked = [v for v in variables if id(v) in ids and id(v) not in claimed]
@@ -489,7 +524,7 @@ class Trainer:
       print(f"Resuming task {where} at step {start}/{total}", flush=True)
     # Flags once per phase: they pick BN's mode (a phase with its own variable list runs every
     # other layer in inference mode).
-    task = self.models.activate(name, None if phase.variables is None
+    task = self.models.activate(name, None if phase.variables is None or phase.flags == "task"
                                 else self.phase_variables(phase))
     train = self.spec.train
     groups = [(self.optimizers[key], variables)
@@ -504,14 +539,20 @@ class Trainer:
       return {"train_steps": total, "train_seconds": round(time.time() - t0, 2),
               "train_images_per_second": 0.0}
     if start == 0:  # statistics=recompute: fitted to the target before gamma/beta learn
+      if phase.start is not None:
+        phase.start(self, phase)
       self._recompute_statistics(name, train.seed, self.models.recompute_first_layers(name))
     # Resumed runs reseed the shuffle from the step so they do not replay the same batches.
     iterator = iter(self._distributed_batches(name, seed=train.seed + start))
     (optimizer, variables), extra = groups[0], groups[1:]
-    step_fn = make_train_step(
-        self.strategy, task.model, optimizer, variables, train.batch_size, task.num_classes,
-        self.spec.optimizer.label_smoothing, metrics=self.metrics, counter=step_var,
-        extra_groups=extra, penalty=lambda: self.models.penalty(name, step_var))
+    read_extra = dict
+    if phase.step is not None:
+      step_fn, read_extra = phase.step(self, phase, groups)
+    else:
+      step_fn = make_train_step(
+          self.strategy, task.model, optimizer, variables, train.batch_size, task.num_classes,
+          self.spec.optimizer.label_smoothing, metrics=self.metrics, counter=step_var,
+          extra_groups=extra, penalty=lambda: self.models.penalty(name, step_var))
     writer = self._writer(name)
     self.metrics.read_and_reset()
 
@@ -521,15 +562,23 @@ class Trainer:
         raise FloatingPointError(
             f"Task {name}: the loss became {loss} within steps {first}-{step}. Lower the "
             f"learning rate (--config.optimizer.lr, now {float(optimizer.learning_rate):.4g}).")
+      extra_values = read_extra()
       with writer.as_default(step=step):
         tf.summary.scalar("train/loss", loss)
         tf.summary.scalar("train/accuracy", acc)
         tf.summary.scalar("train/learning_rate", float(optimizer.learning_rate))
-      return {"loss": loss, "acc": acc}
+        for key, value in extra_values.items():
+          tf.summary.scalar(f"train/{phase.name}/{key}", value)
+      return {"loss": loss, "acc": acc, **extra_values}
+
+    def finish():
+      if phase.finish is not None:
+        phase.finish(self, phase)
+      self._recompute_statistics(name, train.seed + start)
 
     t0 = time.time()
     self._loop(f"train {phase.name}", start, total, lambda step: self._run(step_fn, iterator),
-               log, lambda: self._recompute_statistics(name, train.seed + start))
+               log, finish)
     seconds = time.time() - t0
     images = (total - start) * train.batch_size
     return {"train_steps": total, "train_seconds": round(seconds, 2),
@@ -683,3 +732,6 @@ class Trainer:
         tf.summary.scalar("eval/balanced_accuracy", result["balanced_accuracy"])
         tf.summary.scalar("eval/loss", result["eval_loss"])
     return result
+
+
+from k4p1.train import swr as _swr  # noqa: E402,F401  (registers the SWR stages)
