@@ -2,6 +2,7 @@
 patchability, WAV reading and its errors, k-fold splits, the audio pipeline, and audio models
 through SavedModel, TFLite and folding."""
 
+import json
 import os
 import tempfile
 import wave
@@ -348,3 +349,42 @@ class ExportTest(tf.test.TestCase):
     self.assertEqual(got.shape, (6, 12))
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-2)
     np.testing.assert_allclose(got, self.want, atol=0.1)
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None,
+                    reason="needs espeak-ng (apt-get install espeak-ng)")
+class CorpusTest(tf.test.TestCase):
+  """bench/make_kws_corpus.py writes a reproducible corpus the wav_folder source reads."""
+
+  def _make(self, out, seed=0):
+    from k4p1.testing import run_binary
+    result = run_binary("bench/make_kws_corpus.py", f"--out={out}", "--languages=en,de",
+                        "--heldout=cmn", "--per_word=2", "--heldout_per_class=2",
+                        f"--seed={seed}", timeout=300)
+    self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+
+  def test_layout_manifest_reproducibility_and_loading(self):
+    root = tempfile.mkdtemp()
+    a, b, c = (os.path.join(root, n) for n in "abc")
+    self._make(a)
+    self._make(b)
+    self._make(c, seed=1)
+    files = sorted(os.path.relpath(os.path.join(d, f), a) for d, _, names in os.walk(a)
+                   for f in names if f.endswith(".wav"))
+    self.assertLen(files, 2 * 12 * 2 + 12 * 2)
+    for rel in files[:10]:
+      with open(os.path.join(a, rel), "rb") as f1, open(os.path.join(b, rel), "rb") as f2:
+        self.assertEqual(f1.read(), f2.read(), rel)   # same seed: the same clip
+    with open(os.path.join(a, files[5]), "rb") as f1, open(os.path.join(c, files[5]), "rb") as f3:
+      self.assertNotEqual(f1.read(), f3.read())
+    with open(os.path.join(a, "manifest.json")) as f:
+      manifest = json.load(f)
+    self.assertEqual(len(manifest["clips"]), len(files))
+    self.assertEqual(manifest["words"]["cmn"][0], "是")
+    data = load_task_data(DatasetSpec(source="wav_folder", path=os.path.join(a, "pretrain"),
+                                      augment="none"), InputSpec.audio(16000))
+    self.assertEqual(len(data.class_names), 12)
+    self.assertEqual(data.train.size + data.eval.size, 2 * 12 * 2)
+    held = load_task_data(DatasetSpec(source="wav_folder", path=os.path.join(a, "heldout_cmn"),
+                                      folds=2, augment="none"), InputSpec.audio(16000))
+    self.assertEqual((held.train.size, held.eval.size), (12, 12))
