@@ -180,9 +180,9 @@ class LogMelFrontend(keras.layers.Layer):
   A Hann-windowed STFT (`window_ms` frames every `hop_ms`, a DFT of the next power of two, the
   clip zero-padded by half a window at each end, as torchaudio's `center=True`), its power on
   `bands` HTK mel filters (tf.signal.linear_to_mel_weight_matrix), then log(mel + 1e-6):
-  silence gives finite features. The STFT equals tf.signal.stft (tested) but is computed as a
-  gather of frames and a matrix product with the windowed DFT basis: every op is a TFLite
-  builtin (tf.signal.stft's slicing is not), so TFLite files take raw audio too. Defaults: 40 bands, 30 ms / 10 ms (the KWS
+  silence gives finite features. The STFT equals tf.signal.stft (tested); its frames are
+  gathered by index and transformed by tf.signal.rfft, because every op of that is a TFLite
+  builtin (tf.signal.stft's framing is not), so TFLite files take raw audio too. Defaults: 40 bands, 30 ms / 10 ms (the KWS
   papers' BC-ResNet and Res15 inputs): one second gives 101 frames. Frequency is the height
   axis, time the width.
 
@@ -228,9 +228,9 @@ class LogMelFrontend(keras.layers.Layer):
     half = self.window // 2
     x = tf.pad(x, [[0, 0], [half, half]])
     frames = tf.gather(x, self._frame_indices(int(x.shape[-1])), axis=1)  # [b, frames, window]
-    real = tf.tensordot(frames, tf.constant(self._dft[0]), 1)
-    imag = tf.tensordot(frames, tf.constant(self._dft[1]), 1)
-    mel = tf.tensordot(tf.math.square(real) + tf.math.square(imag), tf.constant(self.mel), 1)
+    spectrum = tf.signal.rfft(frames * tf.constant(self._window), [self.fft_length])
+    power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
+    mel = tf.tensordot(power, tf.constant(self.mel), 1)
     features = tf.transpose(tf.math.log(mel + 1e-6), [0, 2, 1])[..., None]
     if training and self.augmenting and (self.freq_masks or self.time_masks):
       features = self._spec_augment(features)
@@ -242,16 +242,10 @@ class LogMelFrontend(keras.layers.Layer):
         np.int32)
 
   @property
-  def _dft(self) -> tuple[np.ndarray, np.ndarray]:
-    """The windowed real DFT as two [window, fft_length // 2 + 1] matrices (cos, -sin)."""
-    if not hasattr(self, "_dft_matrices"):
-      n = np.arange(self.window)[:, None]
-      k = np.arange(self.fft_length // 2 + 1)[None, :]
-      window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.window) / self.window)  # periodic
-      angle = 2 * np.pi * n * k / self.fft_length
-      self._dft_matrices = ((window[:, None] * np.cos(angle)).astype(np.float32),
-                            (-window[:, None] * np.sin(angle)).astype(np.float32))
-    return self._dft_matrices
+  def _window(self) -> np.ndarray:
+    """The periodic Hann window (tf.signal.hann_window's default)."""
+    n = np.arange(self.window)
+    return (0.5 - 0.5 * np.cos(2 * np.pi * n / self.window)).astype(np.float32)
 
   def _spec_augment(self, x):
     shape = tf.shape(x)

@@ -109,6 +109,23 @@ class BenchSmokeTest(tf.test.TestCase):
     for name in ("a.png", "m.png", "t.md"):
       self.assertTrue(os.path.getsize(os.path.join(out_dir, name)) > 0)
 
+  def test_swr_table_smoke(self):
+    out_dir = tempfile.mkdtemp()
+    result = self._run_smoke("swr_table.py", f"--table={out_dir}/t.md",
+                             f"--plot_ratio={out_dir}/r.png", f"--plot_layers={out_dir}/l.png",
+                             f"--workdir={out_dir}/cells",
+                             "--methods=multilingual,last_layer,swr_0.3")
+    by = {r["method"]: r for r in result["rows"]}
+    self.assertEqual(set(by), {"multilingual", "last_layer", "swr_0.3"})
+    self.assertEqual(by["multilingual"]["learned_task_parameters"], 0)
+    swr = by["swr_0.3"]["swr"]
+    self.assertEqual(by["swr_0.3"]["steps"], 5)  # stages of 2, 1 (policy: half) and 2 steps
+    self.assertEqual(len(swr["layers"]), len(swr["selected"]))
+    for row in result["summary"]:
+      self.assertGreaterEqual(row["params_relative"], 1.0)
+    for name in ("t.md", "r.png", "l.png"):
+      self.assertTrue(os.path.getsize(os.path.join(out_dir, name)) > 0)
+
   def test_digits_transfer_smoke(self):
     result = self._run_smoke("digits_transfer.py")
     self.assertEqual(set(result["summary"]), {"digits_0_4", "digits_5_9_last_layer",

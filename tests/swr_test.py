@@ -252,3 +252,11 @@ def test_smoke_runs_both_stages_and_exports_waveform_signatures():
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
   finally:
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_swr_refuses_joint_training():
+  from k4p1.train.trainer import Trainer
+  c = _swr_config()
+  c.multitask.tasks = "low,high"
+  with pytest.raises(ConfigError, match="cannot be trained jointly"):
+    Trainer(experiment.resolve(c), tempfile.mkdtemp(), with_data=False)

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from k4p1.errors import ConfigError
 from k4p1.patches.conditioning import clone_with_condition
 from k4p1.patches.swr import (SwrOptions, SwrPatch, apply_decisions, base_size, decisions,
                               layer_weights, options_of, reparametrize_probability, swr_layers,
@@ -168,7 +169,16 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
 
 
 def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
-  """The task's SWR stages as trainer phases (module docstring)."""
+  """The task's SWR stages as trainer phases (module docstring).
+
+  Raises:
+    ConfigError: under the parameter-server strategy (the policy step reads its counters on
+      the host; run SWR under the default, mirrored or multi_worker_mirrored strategies).
+  """
+  if trainer.coordinator is not None:
+    raise ConfigError(f"Task {task!r}: SWR's policy phase does not run under the "
+                      f"parameter_server strategy; use runtime.strategy=default, mirrored or "
+                      f"multi_worker_mirrored.")
 
   def stage(share):
     return max(1, int(round(share * steps))) if steps else 0

@@ -38,6 +38,7 @@ from absl import logging
 from k4p1 import data as data_lib
 from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import ExperimentSpec
+from k4p1.errors import ConfigError
 from k4p1.model import TaskModels, recompute_batch_statistics
 from k4p1.registry import Registry
 from k4p1.train.optimizers import make_optimizer
@@ -222,6 +223,9 @@ class Trainer:
     for t in self.spec.tasks:
       staged = [k for k in patches.kinds_of(t.patch) if k.name in STAGED_KINDS]
       steps = self.total_steps(t.name) if with_data else 0
+      if t.name in joint and staged:
+        raise ConfigError(f"Task {t.name!r}: '{staged[0].name}' trains in stages of its own and "
+                          f"cannot be trained jointly (multitask.tasks); train it alone.")
       if t.name not in joint and staged:  # a kind with stages of its own (SWR)
         stages = STAGED_KINDS.lookup(staged[0].name)
         phases.extend(stages(self, t.name, patches.options(t.patch, staged[0].name), steps))
