@@ -10,6 +10,7 @@ import tempfile
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from k4p1 import export, patches
@@ -73,6 +74,7 @@ class BiasKindTest(tf.test.TestCase):
     self.assertEqual(row["trainable"], 17_056 + 1_281_000)
     self.assertEqual(patches.label(models.tasks["b"].spec.patch), "bias+last_layer")
 
+  @pytest.mark.large  # ~25 s end to end; the kind's numerics are tested in the fast tier
   def test_trains_saves_folds_and_exports(self):
     backbone = calibrated_mobilenet_v2()
     models = TaskModels(backbone)

@@ -123,7 +123,7 @@ class FaultTest(tf.test.TestCase):
 
   def test_a_killed_worker_is_restarted_and_training_completes(self):
     workdir = os.path.join(self.root, "run")
-    code, log = self._run_killing("[worker 1]", workdir, steps=160)
+    code, log = self._run_killing("[worker 1]", workdir, steps=120)
     self.assertEqual(code, 0, log[-4000:])
     self.assertIn("[launch] [worker 1] exited with status -9: restarting it (1/2)", log)
     with open(os.path.join(workdir, "metrics.json")) as f:
@@ -131,7 +131,7 @@ class FaultTest(tf.test.TestCase):
     # Every scheduled step ran; a step whose worker died after applying its update but before
     # replying is run again by the coordinator, so a task may count one step more.
     done = sum(r["steps_done"] for r in rows)
-    self.assertBetween(done, 160, 161)
+    self.assertBetween(done, 120, 121)
 
   def test_a_killed_chief_loses_nothing_beyond_its_last_checkpoint(self):
     workdir = os.path.join(self.root, "run")
@@ -150,7 +150,8 @@ class FaultTest(tf.test.TestCase):
     self.assertNotEqual(code, 0, log[-3000:])
     self.assertIn("error: a parameter server", log)
     self.assertNotIn("Traceback", log)
-    proc = _launch_ps_smoke("--workers=2 --ps=1", workdir, steps=400)
+    # a shorter run (the kill came at the first checkpoint, step 20): resume, finish
+    proc = _launch_ps_smoke("--workers=2 --ps=1", workdir, steps=80)
     out = _finish(proc)
     self.assertEqual(proc.returncode, 0, out[-4000:])
     self.assertRegex(out, r"Resuming joint training of digits_0_4, digits_5_9 at step [1-9]")

@@ -154,8 +154,8 @@ def _swr_config(patch="swr(supernet=1,policy=1,reparam=1),bn_stats,last_layer"):
   c.optimizer.update(name="adam", lr=0.01, schedule="cosine")
   low = dataset_config(source="digits", classes="0,1,2,3,4", augment="none")
   high = dataset_config(source="digits", classes="5,6,7,8,9", augment="none")
-  c.tasks.low = task_config(dataset=low, patch="last_layer", train_base=True, steps=8)
-  c.tasks.high = task_config(dataset=high, patch=patch, steps=6)
+  c.tasks.low = task_config(dataset=low, patch="last_layer", train_base=True, steps=6)
+  c.tasks.high = task_config(dataset=high, patch=patch, steps=4)
   c.task_order = "low,high"
   c.export.enabled = False
   return c
@@ -181,7 +181,7 @@ class StagesTest(tf.test.TestCase):
     trainer = Trainer(spec, self.workdir)
     self.assertEqual([p.name for p in trainer.phases],
                      ["low", "high.supernet", "high.policy", "high.reparam"])
-    self.assertEqual([p.steps for p in trainer.phases], [8, 6, 6, 6])
+    self.assertEqual([p.steps for p in trainer.phases], [6, 4, 4, 4])
     trainer.restore(require=True)  # the checkpoint holds every delta, gate and the policy
     layers = swr_patch.swr_layers(swr_patch.task_layers(trainer.models, "high"))
     on = [(d, layer.active_units[i]) for layer in layers for i, d in enumerate(layer.deltas)]

@@ -34,6 +34,7 @@ def _signatures(path):
 
 class InProcessTest(tf.test.TestCase):
 
+  @pytest.mark.large  # ~30 s; the tfds source's offline errors are tested in the fast tier
   def test_tiny_config_on_tfds_mock_data(self):
     workdir = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, workdir, True)
@@ -140,6 +141,7 @@ class BinaryTest(tf.test.TestCase):
     self.assertGreater(metrics["wall_seconds"], 0)
     return row
 
+  @pytest.mark.large  # ~18 s; the image_folder source itself is tested in data_test
   def test_own_image_folder(self):
     root = os.path.join(os.path.dirname(self.workdir), "signs")
     rng = np.random.RandomState(0)
