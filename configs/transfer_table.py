@@ -11,7 +11,8 @@ tasks are the regimes, all on the same frozen backbone:
   scale_bias_depthwise_last_layer  both patches + classifier
   full_fine_tuning                 every weight (a private copy of the backbone) + classifier
 
-More regimes by name (regimes=...): taps_lam<N> (TAPS at lam = N/100, e.g. taps_lam25) and
+More regimes by name (regimes=...): taps_lam<N> (TAPS at lam = N/100, e.g. taps_lam25),
+swr_c<N> (SWR at target cost c = N/100, BN statistics updated, e.g. swr_c10) and
 top_from_<LAYER> (fine-tune every layer from LAYER on: TAPS's manual baseline).
 
 Backbones (files from $K4P1_DATA_DIR, or --config.backbone.weights / model_file):
@@ -54,11 +55,13 @@ REGIMES = {
 }
 # Regimes named by a pattern (accepted by regimes=, not in the default seven):
 #   taps_lam<N>       TAPS at lam = N / 100 + task-specific BN + last layer (taps_lam25: 0.25)
+#   swr_c<N>          SWR at target cost c = N / 100 + BN statistics + last layer (swr_c10)
 #   top_from_<LAYER>  fine-tune every layer from LAYER on (a private copy) + last layer: TAPS's
 #                     manual baseline at a chosen parameter budget
 PATTERN_REGIMES = {"taps_lam": lambda n, score_lr: (
                        f"taps(lam={int(n) / 100:g}" + (f",score_lr={score_lr:g}" if score_lr
                                                        else "") + "),scale_bias,last_layer"),
+                   "swr_c": lambda n, score_lr: f"swr(c={int(n) / 100:g}),bn_stats,last_layer",
                    "top_from_": lambda layer, score_lr: f"top(start={layer}),last_layer"}
 
 

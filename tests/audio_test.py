@@ -388,3 +388,18 @@ class CorpusTest(tf.test.TestCase):
     held = load_task_data(DatasetSpec(source="wav_folder", path=os.path.join(a, "heldout_cmn"),
                                       folds=2, augment="none"), InputSpec.audio(16000))
     self.assertEqual((held.train.size, held.eval.size), (12, 12))
+
+
+class TfdsSpeechCommandsTest(tf.test.TestCase):
+
+  def test_speech_commands_by_name(self):
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=8):
+      d = load_task_data(DatasetSpec(source="tfds", name="speech_commands", augment="kws",
+                                     train_examples=8), InputSpec.audio(16000))
+      self.assertEqual(d.num_classes, 12)
+      self.assertEqual(d.train.sample_rate, 16000)
+      waves, labels = next(iter(d.train_batches(4, seed=0)))
+      self.assertEqual(waves.shape, (4, 16000))
+      self.assertEqual(waves.dtype, tf.float32)
+      self.assertLessEqual(float(tf.reduce_max(tf.abs(waves))), 1.0)

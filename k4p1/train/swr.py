@@ -208,7 +208,7 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
   if options.supernet > 0:
     phases.append(Phase(f"{task}.supernet", task, stage(options.supernet)))
   phases.append(Phase(f"{task}.policy", task, stage(options.policy), variables=policy_variables,
-                      lr=options.policy_lr,
+                      lr=options.policy_lr, optimizer="adam",
                       step=lambda tr, ph, groups: make_policy_step(tr, ph, groups, False)))
   phases.append(Phase(f"{task}.reparam", task, stage(options.reparam), start=begin_reparam))
   return phases

@@ -78,6 +78,8 @@ class Phase:
       trainer.metrics and increment the phase's step counter, as make_train_step does.
     rate_groups: ((group, (models) -> variables, learning rate), ...): variables the phase
       trains with their own optimizer and rate (key `<phase>__<group>`).
+    optimizer: a registered optimizer name for this phase ('' = optimizer.name), e.g. SWR's
+      policy always trains with Adam, as its paper.
   """
   name: str
   task: str
@@ -90,6 +92,7 @@ class Phase:
   finish: Optional[Callable] = None
   step: Optional[Callable] = None
   rate_groups: tuple = ()
+  optimizer: str = ""
 
 
 def _replica_batches(data, global_batch: int, seed: int, context: tf.distribute.InputContext):
@@ -195,7 +198,9 @@ class Trainer:
                 schedule = JointSchedule(rate, spec.optimizer.decay_epochs *
                                          self.steps_per_epoch(phase.task),
                                          spec.optimizer.decay_rate, self.steps[phase.name])
-              opt = make_optimizer(spec.optimizer, rate, self.steps_per_epoch(phase.task),
+              opt_spec = (dataclasses.replace(spec.optimizer, name=phase.optimizer)
+                          if phase.optimizer else spec.optimizer)
+              opt = make_optimizer(opt_spec, rate, self.steps_per_epoch(phase.task),
                                    schedule=schedule, total_steps=phase.steps)
               opt.build(variables)
               self.optimizers[key] = opt
