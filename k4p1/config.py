@@ -540,14 +540,24 @@ def parse_arg(arg, positional: str = "", **defaults) -> ml_collections.ConfigDic
   """A config file's ARG, big_vision style: 'value,key=value,...' with typed defaults.
 
   Each value takes the type of its default (int, float, bool, str); a bare first value sets
-  `positional`. Unknown keys and bad values fail with a ConfigError.
+  `positional`; commas inside parentheses are part of a value (patch=taps(lam=1,tau=0.1)).
+  Unknown keys and bad values fail with a ConfigError.
 
   Example:
     parse_arg("full,backbone=inception_v3", positional="regime", regime="scale_bias",
               backbone="mobilenet_v2")   # -> regime='full', backbone='inception_v3'
   """
   out = ml_collections.ConfigDict(defaults)
-  for i, item in enumerate(x.strip() for x in str(arg or "").split(",") if x.strip()):
+  items, depth, current = [], 0, ""
+  for ch in str(arg or ""):  # commas inside parentheses belong to a value: patch=taps(a=1,b=2)
+    depth += (ch == "(") - (ch == ")")
+    if ch == "," and depth == 0:
+      items.append(current)
+      current = ""
+    else:
+      current += ch
+  items.append(current)
+  for i, item in enumerate(x.strip() for x in items if x.strip()):
     key, eq, value = item.partition("=")
     if not eq:
       if i or not positional:

@@ -119,7 +119,7 @@ class BenchSmokeTest(tf.test.TestCase):
     self.assertEqual(set(by), {"multilingual", "last_layer", "swr_0.3"})
     self.assertEqual(by["multilingual"]["learned_task_parameters"], 0)
     swr = by["swr_0.3"]["swr"]
-    self.assertEqual(by["swr_0.3"]["steps"], 5)  # stages of 2, 1 (policy: half) and 2 steps
+    self.assertEqual(by["swr_0.3"]["steps"], 6)  # three stages of 2 steps
     self.assertEqual(len(swr["layers"]), len(swr["selected"]))
     for row in result["summary"]:
       self.assertGreaterEqual(row["params_relative"], 1.0)

@@ -171,6 +171,20 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotIn("backbone", config)  # not a train.py config: it belongs in configs/analysis/
 
 
+class ParseArgTest(tf.test.TestCase):
+
+  def test_types_positional_and_commas_inside_parentheses(self):
+    from k4p1.config import parse_arg
+    a = parse_arg("smoke,patch=taps(lam=0.5,score_lr=0.01)+last_layer,lr=0.1,flip=true",
+                  positional="variant", variant="", patch="", lr=0.0, flip=False)
+    self.assertEqual((a.variant, a.patch, a.lr, a.flip),
+                     ("smoke", "taps(lam=0.5,score_lr=0.01)+last_layer", 0.1, True))
+    with self.assertRaisesRegex(config_lib.ConfigError, "must be a float"):
+      parse_arg("lr=fast", lr=0.0)
+    with self.assertRaisesRegex(config_lib.ConfigError, "Unknown config argument 'lrr'"):
+      parse_arg("lrr=0.1", lr=0.0)
+
+
 class ValidationTest(tf.test.TestCase):
 
   def test_locked_config_rejects_typos(self):

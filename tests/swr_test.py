@@ -86,6 +86,13 @@ class PolicyTest(tf.test.TestCase):
       want = (np.sum(w * q) - c) ** 2
       got = float(swr.cost_loss(tf.constant(logits), c, w.astype(np.float32)))
       self.assertAllClose(got, want, rtol=1e-5, atol=1e-7)
+    # Batched over target costs: the mean of each cost's loss.
+    batch = rng.normal(size=(4, 9, 2)).astype(np.float32)
+    cs = np.array([0.1, 0.4, 0.7, 0.9], np.float32)
+    q = np.exp(batch[..., 0]) / np.exp(batch).sum(-1)
+    want = np.mean((np.sum(w * q, -1) - cs) ** 2)
+    self.assertAllClose(float(swr.cost_loss(tf.constant(batch), cs, w.astype(np.float32))),
+                        want, rtol=1e-5, atol=1e-7)
 
   def test_temperature_is_cosine_annealed(self):
     self.assertAllClose(float(swr.temperature_at(0, 100, 2.0, 0.5)), 2.0)

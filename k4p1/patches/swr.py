@@ -56,6 +56,8 @@ class SwrOptions:
     hidden: the policy network's hidden width.
     t_start, t_end: the Gumbel-softmax temperature, cosine-annealed from t_start to t_end.
     policy_lr: the policy network's learning rate (Adam).
+    cost_samples: target costs each policy step averages the cost loss over (the first also
+      drives the task loss).
     supernet, policy, reparam: each stage's share of the task's steps (epochs or steps):
       super-net training, policy training, reparametrization. 0 skips the super-net (the
       Table 2 ablation trains the policy on a super-net of zero deltas).
@@ -71,9 +73,10 @@ class SwrOptions:
   hidden: int = 64
   t_start: float = 2.0
   t_end: float = 0.5
-  policy_lr: float = 0.001
+  policy_lr: float = 0.01
+  cost_samples: int = 16
   supernet: float = 1.0
-  policy: float = 0.5
+  policy: float = 1.0
   reparam: float = 1.0
   staged: bool = True
   init: str = "zero"
@@ -95,6 +98,8 @@ class SwrOptions:
       raise ValueError(f"beta must be >= 0, hidden >= 1 and 0 < t_end <= t_start. Received: "
                        f"beta={self.beta}, hidden={self.hidden}, t_start={self.t_start}, "
                        f"t_end={self.t_end}")
+    if self.cost_samples < 1:
+      raise ValueError(f"cost_samples must be >= 1. Received: {self.cost_samples}")
     if self.policy_lr <= 0 or min(self.supernet, self.policy, self.reparam) < 0:
       raise ValueError(f"policy_lr must be > 0 and the stage shares >= 0. Received: "
                        f"policy_lr={self.policy_lr}, supernet={self.supernet}, "

@@ -8,7 +8,11 @@ the one trainer (k4p1.train.trainer):
   <task>.policy    the super-net frozen (inference mode); the policy network learns, with c
                    drawn each step from [c_min, c_max], gates sampled by a hard Gumbel-softmax
                    (temperature cosine-annealed t_start -> t_end over the phase) and passed to
-                   the layers as a graph input, loss = task loss + beta * cost loss.
+                   the layers as a graph input, loss = task loss + beta * cost loss. The cost
+                   loss (Eq. 2) is an expectation over c: each step averages it over
+                   `cost_samples` drawn costs (the first drives the task loss); it needs the
+                   policy network only, so the extra costs are nearly free, and without them
+                   the policy learned the average c, not its dependence on c.
   <task>.reparam   starts by binarizing the policy at the target c (softmax(z)[0] >= 0.5) into
                    each layer's `gate`, and by zeroing every delta (init=zero); then the
                    trainer's ordinary step: only the selected deltas (and the classifier) move.
@@ -55,9 +59,12 @@ def hard_gumbel_gates(logits, temperature, seed):
 
 
 def cost_loss(logits, c, weights):
-  """Eq. 2: (sum_l w_l q_l - c)^2, q_l = softmax(z_l)[0], `weights` w_l summing to 1."""
-  expected = tf.reduce_sum(tf.cast(weights, logits.dtype) * reparametrize_probability(logits))
-  return tf.square(expected - tf.cast(c, logits.dtype))
+  """Eq. 2: (sum_l w_l q_l - c)^2, q_l = softmax(z_l)[0], `weights` w_l summing to 1.
+
+  Batched: logits [k, units, 2] and c [k] give the mean over the k target costs."""
+  expected = tf.reduce_sum(tf.cast(weights, logits.dtype) * reparametrize_probability(logits),
+                           axis=-1)
+  return tf.reduce_mean(tf.square(expected - tf.cast(c, logits.dtype)))
 
 
 def temperature_at(step, steps: int, t_start: float, t_end: float):
@@ -116,12 +123,12 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
 
   def replica_step(images, labels, c, temperature, noise_seed):
     with tf.GradientTape() as tape:
-      logits_p = policy(tf.reshape(c, [1, 1]), training=True)[0]
-      gates = hard_gumbel_gates(logits_p, temperature, noise_seed)
+      all_logits = policy(tf.reshape(c, [-1, 1]), training=True)   # [cost_samples, units, 2]
+      gates = hard_gumbel_gates(all_logits[0], temperature, noise_seed)
       logits = model([images, gates], training=True)
       loss = classification_loss(logits, labels, task.num_classes, batch,
                                  spec.optimizer.label_smoothing)
-      cost = cost_loss(logits_p, c, weights)
+      cost = cost_loss(all_logits, c, weights)
       total = loss + (options.beta * cost + extra_loss(model, None, strategy)
                       ) / strategy.num_replicas_in_sync
     grads = tape.gradient(total, variables)
@@ -138,7 +145,9 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
   def step(iterator):
     images, labels = next(iterator)
     k = tf.cast(counter, tf.int32)
-    c = tf.random.stateless_uniform([], [seed, 7919 + k], options.c_min, options.c_max)
+    # The task loss runs at c[0]; the cost loss averages over every c (policy-only: cheap).
+    c = tf.random.stateless_uniform([options.cost_samples], [seed, 7919 + k], options.c_min,
+                                    options.c_max)
     temperature = temperature_at(counter, phase.steps, options.t_start, options.t_end)
     noise_seed = tf.stack([tf.constant(seed + 1, tf.int32), k])
     loss, correct, cost, ratio = strategy.run(
@@ -148,7 +157,7 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
     cost = strategy.reduce(tf.distribute.ReduceOp.MEAN, cost, axis=None)
     ratio = strategy.reduce(tf.distribute.ReduceOp.MEAN, ratio, axis=None)
     metrics.add(loss, accuracy)
-    for v, value in zip(sums, (cost, ratio, c)):
+    for v, value in zip(sums, (cost, ratio, c[0])):
       v.assign_add(value)
     counter.assign_add(1)
     return loss, accuracy
