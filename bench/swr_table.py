@@ -61,6 +61,9 @@ _METHODS = flags.DEFINE_list(
 _EPOCHS = flags.DEFINE_float("epochs", 10.0, "Epochs per stage (the paper: 30).")
 _LR = flags.DEFINE_float("lr", 0.001, "Adam's initial rate (cosine-annealed); full: half.")
 _TAPS_LAM = flags.DEFINE_float("taps_lam", 0.5, "TAPS's lambda.")
+_TAPS_SCORE_LR = flags.DEFINE_float("taps_score_lr", 0.01, "TAPS scores' own rate (at the "
+                                    "cell's 0.001 the scores barely move in a short run).")
+_BETA = flags.DEFINE_float("beta", 1.0, "SWR's cost-loss weight (the paper: 1).")
 _BACKBONE = flags.DEFINE_string("backbone", "bc_resnet", "bc_resnet or res15.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per stage, one fold, generated keywords.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
@@ -101,10 +104,12 @@ def method_arg(method: str, target: str, fold: str, weights: str) -> tuple[str, 
                "no_supernet": ["supernet=0"]}
     if ablation not in options:
       raise app.UsageError(f"Unknown SWR variant {method!r}.")
-    return SWR, ",".join([f"c={c}", f"epochs={_EPOCHS.value}"] + common_args + options[ablation])
+    return SWR, ",".join([f"c={c}", f"epochs={_EPOCHS.value}", f"beta={_BETA.value}"] +
+                         common_args + options[ablation])
   patch = {"last_layer": "last_layer", "scale_bias": "scale_bias+last_layer",
            "full": "full+last_layer",
-           "taps": f"taps(lam={_TAPS_LAM.value})+scale_bias+last_layer"}.get(method)
+           "taps": f"taps(lam={_TAPS_LAM.value},score_lr={_TAPS_SCORE_LR.value})"
+                   f"+scale_bias+last_layer"}.get(method)
   if patch is None:
     raise app.UsageError(f"Unknown method {method!r}.")
   args = [a for a in common_args if not a.startswith("lr=")]
@@ -259,7 +264,9 @@ def main(argv):
   targets = _TARGETS.value[:1] if _SMOKE.value else _TARGETS.value
   result = _load(_OUT.value) or {"benchmark": "swr_kws_table", "rows": []}
   result.update({**common.machine(), "smoke": _SMOKE.value, "epochs_per_stage": _EPOCHS.value,
-                 "lr": _LR.value, "backbone": _BACKBONE.value, "pretrained": pretrained})
+                 "lr": _LR.value, "backbone": _BACKBONE.value, "pretrained": pretrained,
+                 "beta": _BETA.value, "taps_lam": _TAPS_LAM.value,
+                 "taps_score_lr": _TAPS_SCORE_LR.value})
   done = {(r["method"], r["target"], r["fold"]) for r in result["rows"]}
   for target in targets:
     for fold in folds:

@@ -112,7 +112,9 @@ class PolicyTest(tf.test.TestCase):
     for text, pattern in [("swr(c=1.5)", r"\[0, 1\]"), ("swr(c=-0.1)", r"\[0, 1\]"),
                           ("swr(c_min=0.8,c_max=0.2)", "c_min must be <= c_max"),
                           ("swr(weighting=flops)", "weighting"), ("swr(init=random)", "init"),
-                          ("swr(policy=0)", "policy stage"), ("swr,taps", "either")]:
+                          ("swr(policy=0)", "policy stage"), ("swr,taps", "either"),
+                          ("swr(policy_bn=moving)", "policy_bn"),
+                          ("swr(cost_samples=0)", "cost_samples")]:
       with self.assertRaisesRegex(ConfigError, pattern, msg=text):
         patches.parse_patch(text + ",last_layer")
 

@@ -58,6 +58,9 @@ class SwrOptions:
     policy_lr: the policy network's learning rate (Adam).
     cost_samples: target costs each policy step averages the cost loss over (the first also
       drives the task loss).
+    policy_bn: how the frozen super-net's BN normalises while the policy trains: `frozen`
+      (its moving statistics, fitted with every layer reparametrized) or `batch` (batch
+      statistics, which follow the sampled gates; only the statistics move).
     supernet, policy, reparam: each stage's share of the task's steps (epochs or steps):
       super-net training, policy training, reparametrization. 0 skips the super-net (the
       Table 2 ablation trains the policy on a super-net of zero deltas).
@@ -75,6 +78,7 @@ class SwrOptions:
   t_end: float = 0.5
   policy_lr: float = 0.01
   cost_samples: int = 16
+  policy_bn: str = "frozen"
   supernet: float = 1.0
   policy: float = 1.0
   reparam: float = 1.0
@@ -92,6 +96,8 @@ class SwrOptions:
                        f"c_max={self.c_max}")
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f"weighting must be one of {WEIGHTINGS}. Received: {self.weighting!r}")
+    if self.policy_bn not in ("frozen", "batch"):
+      raise ValueError(f"policy_bn must be frozen or batch. Received: {self.policy_bn!r}")
     if self.init not in INITS:
       raise ValueError(f"init must be one of {INITS}. Received: {self.init!r}")
     if self.beta < 0 or self.hidden < 1 or not 0 < self.t_end <= self.t_start:

@@ -218,6 +218,7 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
     phases.append(Phase(f"{task}.supernet", task, stage(options.supernet)))
   phases.append(Phase(f"{task}.policy", task, stage(options.policy), variables=policy_variables,
                       lr=options.policy_lr, optimizer="adam",
+                      flags="task" if options.policy_bn == "batch" else "auto",
                       step=lambda tr, ph, groups: make_policy_step(tr, ph, groups, False)))
   phases.append(Phase(f"{task}.reparam", task, stage(options.reparam), start=begin_reparam))
   return phases
