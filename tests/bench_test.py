@@ -114,9 +114,9 @@ class BenchSmokeTest(tf.test.TestCase):
     result = self._run_smoke("swr_table.py", f"--table={out_dir}/t.md",
                              f"--plot_ratio={out_dir}/r.png", f"--plot_layers={out_dir}/l.png",
                              f"--workdir={out_dir}/cells",
-                             "--methods=multilingual,last_layer,swr_0.3")
+                             "--methods=multilingual,swr_0.3")
     by = {r["method"]: r for r in result["rows"]}
-    self.assertEqual(set(by), {"multilingual", "last_layer", "swr_0.3"})
+    self.assertEqual(set(by), {"multilingual", "swr_0.3"})
     self.assertEqual(by["multilingual"]["learned_task_parameters"], 0)
     swr = by["swr_0.3"]["swr"]
     self.assertEqual(by["swr_0.3"]["steps"], 6)  # three stages of 2 steps
