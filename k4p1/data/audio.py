@@ -110,16 +110,10 @@ def read_clips(files, sample_rate: int = 0) -> tuple[np.ndarray, int]:
 
 def list_wav_folder(folder: str) -> tuple[list[str], list[str], np.ndarray]:
   """(class names, files, labels) of FOLDER/<label>/*.wav, classes in sorted order."""
-  from k4p1.data.sources import class_order
+  from k4p1.data.sources import list_class_folders
   if not os.path.isdir(folder):
     raise DataError(f"WAV folder {folder!r} does not exist.")
-  classes = class_order(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-  files, labels = [], []
-  for i, c in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(folder, c))):
-      if f.lower().endswith(WAV_EXTENSIONS):
-        files.append(os.path.join(folder, c, f))
-        labels.append(i)
+  classes, files, labels = list_class_folders(folder, WAV_EXTENSIONS)
   if not files:
     raise DataError(f"No WAV files under {folder}/<label>/*.wav.")
   return classes, files, np.array(labels, np.int32)

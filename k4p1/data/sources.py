@@ -65,6 +65,18 @@ def class_order(names) -> list[str]:
   return sorted(names)
 
 
+def list_class_folders(folder: str, extensions) -> tuple[list[str], list[str], list[int]]:
+  """(class names in label order, files, labels) of FOLDER/<label>/* with `extensions`."""
+  classes = class_order(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  files, labels = [], []
+  for i, c in enumerate(classes):
+    for f in sorted(os.listdir(os.path.join(folder, c))):
+      if f.lower().endswith(extensions):
+        files.append(os.path.join(folder, c, f))
+        labels.append(i)
+  return classes, files, labels
+
+
 def stratified_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
   """Indices of `limit` examples with every class as equally represented as it can be.
 
@@ -206,14 +218,7 @@ def _list_image_folder(root: str, split: str):
   if not os.path.isdir(split_dir):
     raise DataError(f"Image folder {root!r} has no split folder {split!r} "
                     f"(expected {root}/{split}/<label>/*.jpg). Found: {sorted(os.listdir(root))}")
-  classes = class_order(d for d in os.listdir(split_dir)
-                        if os.path.isdir(os.path.join(split_dir, d)))
-  files, labels = [], []
-  for i, c in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(split_dir, c))):
-      if f.lower().endswith(IMAGE_EXTENSIONS):
-        files.append(os.path.join(split_dir, c, f))
-        labels.append(i)
+  classes, files, labels = list_class_folders(split_dir, IMAGE_EXTENSIONS)
   if not files:
     raise DataError(f"No images under {split_dir}/<label>/ (extensions {IMAGE_EXTENSIONS}).")
   return classes, np.array(files), np.array(labels)

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.train.steps import StepMetrics, classification_loss, extra_loss
+from k4p1.train.steps import StepMetrics, classification_loss, count_correct, extra_loss
 
 
 class TaskSampler:
@@ -128,9 +128,7 @@ def make_summed_step(strategy, task_models: dict, groups: list, batch_sizes: dic
         loss += extra_loss(task_models[task], (penalties or {}).get(task), strategy)
         total += loss_weights[task] * loss
         losses.append(loss)
-        corrects.append(tf.reduce_sum(tf.cast(tf.equal(
-            tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)),
-            tf.float32)))
+        corrects.append(count_correct(logits, labels))
     grads = tape.gradient(total, variables)
     start = 0
     for optimizer, group in groups:

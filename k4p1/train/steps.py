@@ -75,6 +75,20 @@ def extra_loss(model, penalty, strategy):
   return tf.add_n([tf.cast(t, tf.float32) for t in terms]) / strategy.num_replicas_in_sync
 
 
+def apply_groups(groups, grads):
+  """Applies `grads` (in the order of the groups' variables) with each group's optimizer."""
+  start = 0
+  for optimizer, group in groups:
+    optimizer.apply_gradients(zip(grads[start:start + len(group)], group))
+    start += len(group)
+
+
+def count_correct(logits, labels):
+  """How many arg-max predictions equal the labels (float32)."""
+  return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
+                                        tf.cast(labels, tf.int32)), tf.float32))
+
+
 def make_train_step(strategy, model, optimizer, variables: list, global_batch_size: int,
                     num_classes: int, label_smoothing: float = 0.0,
                     metrics: Optional[StepMetrics] = None, counter: Optional[tf.Variable] = None,
@@ -108,14 +122,8 @@ def make_train_step(strategy, model, optimizer, variables: list, global_batch_si
       loss = classification_loss(logits, labels, num_classes, global_batch_size,
                                  label_smoothing)
       loss += extra_loss(model, penalty, strategy)
-    grads = tape.gradient(loss, variables)
-    start = 0
-    for group_optimizer, group in groups:
-      group_optimizer.apply_gradients(zip(grads[start:start + len(group)], group))
-      start += len(group)
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                             tf.cast(labels, tf.int32)), tf.float32))
-    return loss, correct
+    apply_groups(groups, tape.gradient(loss, variables))
+    return loss, count_correct(logits, labels)
 
   @tf.function
   def step(iterator):

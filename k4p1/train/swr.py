@@ -39,7 +39,7 @@ from k4p1.patches.conditioning import clone_with_condition
 from k4p1.patches.swr import (SwrOptions, SwrPatch, apply_decisions, base_size, decisions,
                               layer_weights, options_of, reparametrize_probability, swr_layers,
                               task_layers, unit_sizes)
-from k4p1.train.steps import classification_loss, extra_loss
+from k4p1.train.steps import apply_groups, classification_loss, count_correct, extra_loss
 from k4p1.train.trainer import STAGED_KINDS, Phase
 
 
@@ -131,15 +131,9 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
       cost = cost_loss(all_logits, c, weights)
       total = loss + (options.beta * cost + extra_loss(model, None, strategy)
                       ) / strategy.num_replicas_in_sync
-    grads = tape.gradient(total, variables)
-    start = 0
-    for optimizer, group in groups:
-      optimizer.apply_gradients(zip(grads[start:start + len(group)], group))
-      start += len(group)
-    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32),
-                                             tf.cast(labels, tf.int32)), tf.float32))
+    apply_groups(groups, tape.gradient(total, variables))
     ratio = tf.reduce_sum(gates * sizes) / base
-    return loss, correct, cost, ratio
+    return loss, count_correct(logits, labels), cost, ratio
 
   @tf.function
   def step(iterator):
