@@ -9,9 +9,13 @@ Example:
   common.write_result(path, {"benchmark": "x", **common.machine(), "results": rows})
 """
 
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
+import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -52,3 +56,24 @@ def save_figure(fig, path: str, dpi: int = 110):
   os.replace(tmp, path)
   plt.close(fig)
   print(f"wrote {path}")
+
+
+def run_train(config: str, workdir: str, flags=(), keep: bool = False) -> tuple[dict, float]:
+  """Runs `train.py --config=CONFIG --workdir=WORKDIR FLAGS` in a subprocess (no progress bar).
+
+  Returns its metrics.json and the wall seconds; removes the workdir afterwards unless `keep`
+  (a full-copy regime's checkpoints are tens of MB). Raises RuntimeError with the binary's
+  stderr when it fails.
+  """
+  cmd = [sys.executable, os.path.join(REPO_ROOT, "train.py"), f"--config={config}",
+         f"--workdir={workdir}", "--config.train.progress=false", *flags]
+  start = time.time()
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
+                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  if proc.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    metrics = json.load(f)
+  if not keep:
+    shutil.rmtree(workdir, ignore_errors=True)
+  return metrics, time.time() - start

@@ -28,11 +28,7 @@ Smoke (2 steps per stage, one fold, generated data):
 import json
 import math
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
 import common  # noqa: F401  (puts the repository on the import path)
 
@@ -120,26 +116,17 @@ def method_arg(method: str, target: str, fold: str, weights: str) -> tuple[str, 
 def run_cell(method, target, fold, weights, workdir) -> dict:
   config, arg = method_arg(method, target, fold, weights)
   cell_dir = os.path.join(workdir, f"{method}_{target}_{fold}")
-  cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={config}:{arg}",
-         f"--workdir={cell_dir}", "--config.train.progress=false",
-         "--config.optimizer.schedule=cosine"]
+  flags = ["--config.optimizer.schedule=cosine"]
   if _SMOKE.value:
-    cmd += ["--config.tasks.kws.steps=2"]
-  start = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  with open(os.path.join(cell_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  shutil.rmtree(cell_dir, ignore_errors=True)
+    flags += ["--config.tasks.kws.steps=2"]
+  metrics, seconds = common.run_train(f"{config}:{arg}", cell_dir, flags)
   (t,) = [t for t in metrics["tasks"] if t["task"] == "kws"]
   learned = sum(c["learned"] for c in t["components"].values()) if "components" in t else None
   return {"method": method, "target": target, "fold": int(fold), "accuracy": t["accuracy"],
           "balanced_accuracy": t["balanced_accuracy"], "eval_examples": t["eval_examples"],
           "train_examples": t["train_examples"], "steps": t["steps_done"],
           "task_specific": t["task_specific"], "learned_task_parameters": learned,
-          "shared": t.get("shared"), "seconds": round(time.time() - start, 1),
+          "shared": t.get("shared"), "seconds": round(seconds, 1),
           **({"swr": t["swr"]} if "swr" in t else {}),
           **({"taps": {k: t["taps"][k] for k in ("active_layers", "added_parameters")}}
              if "taps" in t else {})}
@@ -252,13 +239,8 @@ def main(argv):
   if _SMOKE.value and not pretrained:
     pretrained = os.path.join(workdir, "pretrain")
     if not os.path.exists(os.path.join(pretrained, "base.weights.h5")):
-      proc = subprocess.run(
-          [sys.executable, os.path.join(ROOT, "train.py"),
-           f"--config={KWS}:pretrain,data=synthetic,tau=1,steps=4", f"--workdir={pretrained}",
-           "--config.train.progress=false", "--config.export.enabled=false"],
-          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-      if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
+      common.run_train(f"{KWS}:pretrain,data=synthetic,tau=1,steps=4", pretrained,
+                       ["--config.export.enabled=false"], keep=True)
   weights = os.path.join(pretrained, "base.weights.h5")
   folds = _FOLDS.value[:1] if _SMOKE.value else _FOLDS.value
   targets = _TARGETS.value[:1] if _SMOKE.value else _TARGETS.value

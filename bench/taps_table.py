@@ -5,13 +5,18 @@ For each dataset, on configs/transfer_table.py's scale (64x64, 1,000 training im
      fine-tuning and TAPS at each --lams (one train.py run per rate, all regimes as tasks);
   2. the manual baseline: `top_from_<LAYER>`, fine-tuning every layer from LAYER on, with LAYER
      the latest one whose budget reaches what TAPS (the --match lam, at its best rate) added;
-  3. writes every row (accuracy, task-specific parameters, TAPS's active layers) to --out, a
+  3. SWR (the SWR paper's policy, two-stage) at each target cost of --swr_cs and at the cost
+     TAPS reached (`swr_match`: SWR at matched cost), at every rate, if --swr_cs is given;
+  4. writes every row (accuracy, task-specific parameters, TAPS's active layers) to --out, a
      markdown table (best rate per regime) to --table, accuracy against % added parameters
      (the paper's Figure 2) to --plot and the layer map (rows = dataset x lam) to --layer_map.
 
   K4P1_DATA_DIR=../shared/data python bench/taps_table.py --out=bench/results/taps_table.json \
       --table=docs/taps_table.md --plot=docs/taps_accuracy_vs_params.png \
       --layer_map=docs/taps_layer_map.png
+SWR next to TAPS at matched cost (the SWR paper's image transfer):
+  K4P1_DATA_DIR=../shared/data python bench/taps_table.py --datasets=cifar10 --swr_cs=10,30 \
+      --swr_beta=10 --score_lr=0.05 ...
 Smoke (2 steps per regime, one rate, one dataset):
   K4P1_DATA_DIR=../shared/data python bench/taps_table.py --smoke --out=/tmp/t.json --table= \
       --plot=/tmp/t.png --layer_map=/tmp/m.png
@@ -43,6 +48,9 @@ _STATISTICS = flags.DEFINE_enum("statistics", "batch", ["batch", "frozen", "reco
                                 "collapsed to chance on the dogs backbone.")
 _SCORE_LR = flags.DEFINE_float("score_lr", 0.0, "TAPS scores' own rate (0: the cell's). In "
                                "a 62-step cell the scores barely move at the cell's rate.")
+_SWR_CS = flags.DEFINE_list("swr_cs", [], "SWR target costs in hundredths (e.g. 10,30); with "
+                            "any, SWR also runs at TAPS's achieved cost (--match lam).")
+_SWR_BETA = flags.DEFINE_float("swr_beta", 0.0, "SWR's cost-loss weight (0: SWR's default, 1).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per regime, one rate, one dataset.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
 
@@ -67,6 +75,16 @@ def top_start(budget: int, backbone: str) -> tuple[str, int]:
   return layers[0].name, total
 
 
+def shared_parameters() -> int:
+  """Every weight of the shared base (the % column's denominator)."""
+  from k4p1.config import load
+  from k4p1.experiment import resolve
+  from k4p1.backbones import build_backbone
+  base = build_backbone(resolve(load(
+      f"{cells.CONFIG}:{_BACKBONE.value},cifar10,0.1")).backbone).model
+  return sum(int(v.shape.num_elements()) for v in base.weights)
+
+
 def _best(rows, dataset, regime):
   found = [r for r in rows if r["dataset"] == dataset and r["regime"] == regime]
   return max(found, key=lambda r: r["accuracy"]) if found else None
@@ -85,8 +103,9 @@ def markdown(rows, shared, regimes):
       r = _best(rows, d, regime)
       if r is None:
         continue
-      taps = r.get("taps")
-      layers = f"{taps['active_layers']}/{len(taps['layers'])}" if taps else "-"
+      taps, swr = r.get("taps"), r.get("swr")
+      layers = (f"{taps['active_layers']}/{len(taps['layers'])}" if taps else
+                f"{swr['selected_layers']}/{len(swr['layers'])}" if swr else "-")
       lines.append(f"| {regime} | {d} | {100 * r['accuracy']:.1f}% | {r['lr']:g} | {layers} | "
                    f"{r['task_specific']:,} ({_added(r, shared):.1f}%) |")
   return "\n".join(lines) + "\n"
@@ -99,7 +118,7 @@ def plot_accuracy(rows, shared, regimes, path):
   datasets = sorted({r["dataset"] for r in rows})
   fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
   for ax, d in zip(axes[0], datasets):
-    taps = []
+    taps, swr = [], []
     for regime in regimes:
       r = _best(rows, d, regime)
       if r is None:
@@ -108,6 +127,9 @@ def plot_accuracy(rows, shared, regimes, path):
       if regime.startswith("taps_lam"):
         taps.append((x, y, f"lam {int(regime[len('taps_lam'):]) / 100:g}"))
         continue
+      if regime.startswith("swr_c"):
+        swr.append((x, y, f"c {int(regime[len('swr_c'):]) / 100:g}"))
+        continue
       ax.scatter([x], [y], marker="s", zorder=3)
       ax.annotate(regime.replace("_last_layer", "+LL").replace("top_from_", "top: "), (x, y),
                   fontsize=7, xytext=(4, -9), textcoords="offset points")
@@ -115,6 +137,11 @@ def plot_accuracy(rows, shared, regimes, path):
     ax.plot([p[0] for p in taps], [p[1] for p in taps], "o-", color="C3", label="TAPS")
     for x, y, text in taps:
       ax.annotate(text, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if swr:
+      swr.sort()
+      ax.plot([p[0] for p in swr], [p[1] for p in swr], "^-", color="C4", label="SWR")
+      for x, y, text in swr:
+        ax.annotate(text, (x, y), fontsize=7, xytext=(4, -9), textcoords="offset points")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("task-specific parameters (% of the shared base)")
     ax.set_ylabel("test accuracy (%)")
@@ -133,7 +160,8 @@ def main(argv):
   lrs = _LRS.value[:1] if _SMOKE.value else _LRS.value
   taps_regimes = [f"taps_lam{lam}" for lam in _LAMS.value]
   options = f"statistics={_STATISTICS.value}" + (f",score_lr={_SCORE_LR.value:g}"
-                                                 if _SCORE_LR.value else "")
+                                                 if _SCORE_LR.value else "") + (
+      f",swr_beta={_SWR_BETA.value:g}" if _SWR_BETA.value else "")
   out = (None if _SMOKE.value else cells._load(_OUT.value)) or {
       "benchmark": "taps_table", "config": "configs/transfer_table.py", "smoke": _SMOKE.value,
       "backbone": _BACKBONE.value, "options": options, **common.machine(), "rows": [],
@@ -154,7 +182,8 @@ def main(argv):
     print(f"{dataset} lr={lr} ({seconds:.0f}s): " + "  ".join(
         f"{r['regime']}={100 * r['accuracy']:.1f}" for r in rows), flush=True)
 
-  tops = {}
+  # Resumed: a run over one dataset keeps the other's rows, regimes and map.
+  tops, swrs = dict(out.get("top_regimes", {})), dict(out.get("swr_regimes", {}))
   for d in datasets:
     for lr in lrs:
       run(d, lr, BASE_REGIMES + taps_regimes)
@@ -166,16 +195,20 @@ def main(argv):
           f"from {start} ({cost:,})", flush=True)
     for lr in lrs:
       run(d, lr, [tops[d]])
-  from k4p1.config import load
-  from k4p1.experiment import resolve
-  from k4p1.backbones import build_backbone
-  base = build_backbone(resolve(load(
-      f"{cells.CONFIG}:{_BACKBONE.value},cifar10,0.1")).backbone).model
-  shared = sum(int(v.shape.num_elements()) for v in base.weights)
+    if _SWR_CS.value:
+      match = round(100 * matched["taps"]["added_parameters"] / shared_parameters())
+      swrs[d] = [f"swr_c{int(c)}" for c in dict.fromkeys([*_SWR_CS.value, str(match)])]
+      print(f"{d}: SWR at c = {', '.join(str(int(r[5:]) / 100) for r in swrs[d])} (the last: "
+            f"TAPS's {match}%)", flush=True)
+      for lr in lrs:
+        run(d, lr, swrs[d])
+  shared = shared_parameters()
   out["shared_parameters"] = shared
   out["top_regimes"] = tops
+  out["swr_regimes"] = swrs
   common.write_result(_OUT.value, out, quiet=True)
-  regimes = BASE_REGIMES + taps_regimes + sorted(set(tops.values()))
+  regimes = (BASE_REGIMES + taps_regimes + sorted(set(tops.values())) +
+             sorted({r for rs in swrs.values() for r in rs}, key=lambda r: int(r[5:])))
   text = markdown(out["rows"], shared, regimes)
   if _TABLE.value:
     atomic_write_text(_TABLE.value, text)
@@ -183,7 +216,7 @@ def main(argv):
     plot_accuracy(out["rows"], shared, regimes, _PLOT.value)
   if _LAYER_MAP.value:
     maps, names = {}, None
-    for d in datasets:
+    for d in sorted({r["dataset"] for r in out["rows"]}):
       for regime in taps_regimes:
         r = _best(out["rows"], d, regime)
         if r and "taps" in r:

@@ -9,13 +9,10 @@ Example:
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "transfer_table.py")
+import common
+
+CONFIG = os.path.join(common.REPO_ROOT, "configs", "transfer_table.py")
 
 
 def _load(path):
@@ -31,21 +28,13 @@ def run_cell(backbone, dataset, lr, smoke, workdir, options=""):
   arg = f"{backbone},{dataset},{lr}" + (f",{options}" if options else "") + \
       (",smoke" if smoke else "")
   cell_dir = os.path.join(workdir, f"{backbone}_{dataset}_{lr}".replace("-", "data"))
-  cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--config={CONFIG}:{arg}",
-         f"--workdir={cell_dir}", "--config.train.progress=false"]
-  start = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-  if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  with open(os.path.join(cell_dir, "metrics.json")) as f:
-    metrics = json.load(f)
-  shutil.rmtree(cell_dir, ignore_errors=True)  # checkpoints of a full copy are ~40 MB per cell
+  metrics, seconds = common.run_train(f"{CONFIG}:{arg}", cell_dir)
   rows = [{"backbone": backbone, "dataset": dataset, "lr": float(lr), "regime": t["task"],
            "accuracy": t["accuracy"], "balanced_accuracy": t.get("balanced_accuracy"),
            "eval_examples": t["eval_examples"],
            "train_examples": t.get("train_examples"), "steps": t["steps_done"],
            "trainable": t["trainable"], "task_specific": t["task_specific"],
            "train_seconds": t.get("train_seconds"),
-           **({"taps": t["taps"]} if "taps" in t else {})} for t in metrics["tasks"]]
-  return rows, time.time() - start
+           **({"taps": t["taps"]} if "taps" in t else {}),
+           **({"swr": t["swr"]} if "swr" in t else {})} for t in metrics["tasks"]]
+  return rows, seconds

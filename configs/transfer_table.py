@@ -32,7 +32,8 @@ Options after BACKBONE,DATASET,LR (comma separated):
                   (`frozen` alone means statistics=frozen); regimes=a+b: a subset of REGIMES;
   data=SOURCE:PATH with DATASET '-': any local data (image_folder, arrays, ...);
   size=N, train_examples=N, eval_examples=N, epochs=X: another scale; smoke: 2 steps each;
-  score_lr=X: the TAPS regimes' scores at their own rate.
+  score_lr=X: the TAPS regimes' scores at their own rate; swr_beta=X: the SWR regimes'
+  cost-loss weight (default: SWR's own, 1).
 
 Run one cell:
   K4P1_DATA_DIR=../shared/data python train.py \
@@ -58,22 +59,25 @@ REGIMES = {
 #   swr_c<N>          SWR at target cost c = N / 100 + BN statistics + last layer (swr_c10)
 #   top_from_<LAYER>  fine-tune every layer from LAYER on (a private copy) + last layer: TAPS's
 #                     manual baseline at a chosen parameter budget
-PATTERN_REGIMES = {"taps_lam": lambda n, score_lr: (
-                       f"taps(lam={int(n) / 100:g}" + (f",score_lr={score_lr:g}" if score_lr
-                                                       else "") + "),scale_bias,last_layer"),
-                   "swr_c": lambda n, score_lr: f"swr(c={int(n) / 100:g}),bn_stats,last_layer",
-                   "top_from_": lambda layer, score_lr: f"top(start={layer}),last_layer"}
+PATTERN_REGIMES = {"taps_lam": lambda n, o: (
+                       f"taps(lam={int(n) / 100:g}" + (f",score_lr={o['score_lr']:g}"
+                                                       if o["score_lr"] else "") +
+                       "),scale_bias,last_layer"),
+                   "swr_c": lambda n, o: (f"swr(c={int(n) / 100:g}" +
+                                          (f",beta={o['swr_beta']:g}" if o["swr_beta"] else "")
+                                          + "),bn_stats,last_layer"),
+                   "top_from_": lambda layer, o: f"top(start={layer}),last_layer"}
 
 
-def regime_patch(name: str, score_lr: float = 0.0) -> str:
+def regime_patch(name: str, score_lr: float = 0.0, swr_beta: float = 0.0) -> str:
   """The patch of a regime: one of REGIMES or of the PATTERN_REGIMES (TAPS scores at
-  `score_lr` when given)."""
+  `score_lr`, SWR's cost loss weighted by `swr_beta`, when given)."""
   if name in REGIMES:
     return REGIMES[name]
   for prefix, make in PATTERN_REGIMES.items():
     rest = name[len(prefix):]
     if name.startswith(prefix) and rest and (rest.isdigit() or prefix == "top_from_"):
-      return make(rest, score_lr)
+      return make(rest, {"score_lr": score_lr, "swr_beta": swr_beta})
   raise KeyError(name)
 
 
@@ -99,7 +103,7 @@ STATISTICS = ("batch", "frozen", "recompute")
 USAGE = ("configs/transfer_table.py takes BACKBONE,DATASET,LR then options: frozen (= "
          "statistics=frozen), smoke, statistics=batch|frozen|recompute, regimes=a+b, "
          "data=SOURCE:PATH (instead of DATASET: write '-'), size=N, train_examples=N, "
-         "eval_examples=N, epochs=X, score_lr=X. BACKBONE in {backbones}, DATASET in "
+         "eval_examples=N, epochs=X, score_lr=X, swr_beta=X. BACKBONE in {backbones}, DATASET in "
          "{datasets}; e.g. "
          "'ssd,cifar10,0.045' or 'dogs,-,0.0015,data=image_folder:/data/signs,regimes="
          "last_layer+scale_bias_last_layer'. Received: {arg!r}")
@@ -117,7 +121,7 @@ def _options(arg):
     raise ConfigError(usage) from None
   opts = dict(backbone=parts[0], dataset=parts[1], lr=lr, smoke=False, statistics="batch",
               regimes=",".join(REGIMES), data="", size=SIZE, train_examples=TRAIN_EXAMPLES,
-              eval_examples=EVAL_EXAMPLES, epochs=EPOCHS, score_lr=0.0)
+              eval_examples=EVAL_EXAMPLES, epochs=EPOCHS, score_lr=0.0, swr_beta=0.0)
   for item in parts[3:]:
     key, eq, value = item.partition("=")
     if not eq and key in ("smoke", "frozen"):
@@ -126,7 +130,7 @@ def _options(arg):
       opts[key] = value.replace("+", ",") if key == "regimes" else value
     elif eq and key in ("size", "train_examples", "eval_examples"):
       opts[key] = int(value)
-    elif eq and key in ("epochs", "score_lr"):
+    elif eq and key in ("epochs", "score_lr", "swr_beta"):
       opts[key] = float(value)
     else:
       raise ConfigError(usage)
@@ -141,7 +145,8 @@ def _options(arg):
       unknown.append(r)
   if unknown:
     raise ConfigError(f"configs/transfer_table.py: unknown regimes {unknown}. Known: "
-                      f"{', '.join(REGIMES)}, taps_lam<N> (lam = N/100), top_from_<LAYER>. "
+                      f"{', '.join(REGIMES)}, taps_lam<N> (lam = N/100), swr_c<N> (c = N/100), "
+                      f"top_from_<LAYER>. "
                       f"Received: {arg!r}")
   if (opts["dataset"] == "-") != bool(opts["data"]):
     raise ConfigError(f"configs/transfer_table.py: give DATASET, or '-' with data=SOURCE:PATH. "
@@ -175,7 +180,8 @@ def get_config(arg="ssd,cifar10,0.045"):
     # statistics: where the scale-and-bias patches' BN statistics come from (batch: the
     # target's batch statistics, then recomputed; frozen: the backbone's; recompute: the
     # target's, recomputed first and kept).
-    c.tasks[name] = task_config(dataset=data, patch=regime_patch(name, o["score_lr"]),
+    patch = regime_patch(name, o["score_lr"], o["swr_beta"])
+    c.tasks[name] = task_config(dataset=data, patch=patch,
                                 epochs=o["epochs"],
                                 lr=o["lr"], statistics=o["statistics"])
   c.task_order = o["regimes"]

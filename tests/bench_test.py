@@ -97,11 +97,20 @@ class BenchSmokeTest(tf.test.TestCase):
     out_dir = tempfile.mkdtemp()
     result = self._run_smoke("taps_table.py", f"--plot={out_dir}/a.png",
                              f"--layer_map={out_dir}/m.png", f"--table={out_dir}/t.md",
-                             "--lams=50")
+                             "--lams=50", "--swr_cs=10", "--swr_beta=10")
     by = {r["regime"]: r for r in result["rows"]}
     top = result["top_regimes"]["cifar10"]
+    swrs = result["swr_regimes"]["cifar10"]
+    self.assertEqual(swrs[0], "swr_c10")
     self.assertEqual(set(by), {"last_layer", "scale_bias_last_layer", "full_fine_tuning",
-                               "taps_lam50", top})
+                               "taps_lam50", top, *swrs})
+    # SWR at matched cost: TAPS's added parameters as a % of the base, rounded.
+    if len(swrs) == 2:
+      self.assertEqual(int(swrs[1][len("swr_c"):]),
+                       round(100 * by["taps_lam50"]["taps"]["added_parameters"] /
+                             result["shared_parameters"]))
+    for regime in swrs:
+      self.assertEqual(len(by[regime]["swr"]["selected"]), len(by[regime]["swr"]["layers"]))
     taps = by["taps_lam50"]["taps"]
     self.assertEqual(len(taps["layers"]), len(taps["active"]))
     # The manual baseline fine-tunes at least what TAPS added (the latest such start).

@@ -81,6 +81,11 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(top.patch.option("top", "start"), "block_14_expand")
     fast = module.get_config("dogs,cifar10,0.0045,regimes=taps_lam100,score_lr=0.05")
     self.assertEqual(fast.tasks.taps_lam100.patch, "taps(lam=1,score_lr=0.05),scale_bias,last_layer")
+    swr = module.get_config("dogs,cifar10,0.0045,regimes=swr_c30+swr_c80,swr_beta=10")
+    self.assertEqual(swr.tasks.swr_c30.patch, "swr(c=0.3,beta=10),bn_stats,last_layer")
+    self.assertEqual(swr.tasks.swr_c80.patch, "swr(c=0.8,beta=10),bn_stats,last_layer")
+    self.assertEqual(module.get_config("dogs,cifar10,0.0045,regimes=swr_c10").tasks.swr_c10.patch,
+                     "swr(c=0.1),bn_stats,last_layer")
     for bad, message in (("ssd,cifar10,0.1,regimes=lastlayer", "unknown regimes"),
                          ("ssd,cifar10,0.1,regimes=taps_lamx", "taps_lam<N>"),
                          ("ssd,cifar10,0.1,statistics=mean", "statistics must be one of"),
