@@ -160,55 +160,86 @@ def multilingual_cell(target, fold, pretrained) -> dict:
 
 
 def summarize(rows, base_learned: int) -> list[dict]:
-  """Per method: mean accuracy and its spread (half the 95% t-interval over folds) per target,
-  and #params relative to one backbone with one task per target (the paper's column)."""
+  """Per method: per target the mean accuracy, its spread (half the 95% t-interval over
+  folds), the folds and, for SWR and TAPS, the mean added parameters / base; and #params
+  relative to one backbone with one task per target (the paper's column)."""
   from scipy import stats
   out = []
   for method in dict.fromkeys(r["method"] for r in rows):
     entry = {"method": method}
     added = 0.0
     for target in dict.fromkeys(r["target"] for r in rows):
-      accs = [r["accuracy"] for r in rows if r["method"] == method and r["target"] == target]
-      if not accs:
+      cells = [r for r in rows if r["method"] == method and r["target"] == target]
+      if not cells:
         continue
-      mean = float(np.mean(accs))
+      accs = [r["accuracy"] for r in cells]
       half = float(stats.t.ppf(0.975, len(accs) - 1) * np.std(accs, ddof=1) /
                    math.sqrt(len(accs))) if len(accs) > 1 else float("nan")
-      entry[target] = {"mean": mean, "ci95_half": half, "folds": len(accs)}
-      learned = [r["learned_task_parameters"] for r in rows
-                 if r["method"] == method and r["target"] == target
-                 and r.get("learned_task_parameters") is not None]
+      entry[target] = {"mean": float(np.mean(accs)), "ci95_half": half,
+                       "folds": sorted(r["fold"] for r in cells)}
+      chosen = [r["swr"]["ratio"] if "swr" in r else
+                r["taps"]["added_parameters"] / base_learned for r in cells
+                if "swr" in r or "taps" in r]
+      if chosen:
+        entry[target]["added_ratio"] = float(np.mean(chosen))
+      learned = [r["learned_task_parameters"] for r in cells
+                 if r.get("learned_task_parameters") is not None]
       added += float(np.mean(learned)) if learned else 0.0
     entry["params_relative"] = 1.0 + added / base_learned
     out.append(entry)
   return out
 
 
-def markdown(summary, targets) -> str:
-  lines = ["| method | " + " | ".join(targets) + " | #params | #mult |",
-           "|---|" + "---|" * len(targets) + "---|---|"]
+def markdown(summary, targets, multiply_adds: int) -> str:
+  """The table: accuracy (95% half-interval over folds) per target, the folds, the
+  parameters relative to one base, the added ratio SWR / TAPS chose, and multiply-adds (every
+  method folds into the base's graph)."""
+  lines = ["| method | " + " | ".join(targets) + " | folds (" + " / ".join(targets) + ") | #params | added / base (" +
+           " / ".join(targets) + ") | #mult |",
+           "|---|" + "---:|" * len(targets) + "---|---:|---|---:|"]
   for e in summary:
-    cells = []
+    cells, folds, ratios = [], [], []
     for t in targets:
       s = e.get(t)
-      cells.append("" if s is None else f"{100 * s['mean']:.1f} ({100 * s['ci95_half']:.1f})"
-                   if not math.isnan(s["ci95_half"]) else f"{100 * s['mean']:.1f}")
-    lines.append(f"| {e['method']} | " + " | ".join(cells) +
-                 f" | {e['params_relative']:.2f}x | 1x |")
+      if s is None:
+        cells.append("")
+        continue
+      folds.append(str(len(s["folds"])))
+      cells.append(f"{100 * s['mean']:.1f}" + (f" ± {100 * s['ci95_half']:.1f}"
+                                               if not math.isnan(s["ci95_half"]) else ""))
+      ratios.append(f"{s['added_ratio']:.2f}" if "added_ratio" in s else "-")
+    lines.append(f"| {e['method']} | " + " | ".join(cells) + f" | {' / '.join(folds)} | "
+                 f"{e['params_relative']:.2f}x | {' / '.join(ratios)} | "
+                 f"{multiply_adds / 1e6:.1f}M |")
   return "\n".join(lines) + "\n"
 
 
+VARIANT_LABELS = {"": "SWR (parameter weighting)", "uniform": "uniform weighting",
+                  "no_supernet": "no super-net", "not_staged": "not staged",
+                  "affine": "+ BN affine", "supernet_init": "super-net init"}
+
+
+def variant(method: str) -> str:
+  """An SWR method's ablation ('' for the paper's SWR): swr_0.3_affine -> 'affine'."""
+  return "_".join(method.split("_")[2:])
+
+
 def plot_ratio(rows, path):
+  """Figure 2a: the binarized policy's added ratio against c, averaged over every cell of a
+  variant (the policy does not depend on the cell's own c; the band spans min to max)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5.2, 4.2))
   ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
-  for method in dict.fromkeys(r["method"] for r in rows if "swr" in r):
-    sweeps = [r["swr"]["sweep"] for r in rows if r["method"] == method and "swr" in r]
-    cs = [p["c"] for p in sweeps[0]]
-    ratio = np.mean([[p["ratio"] for p in s] for s in sweeps], axis=0)
-    ax.plot(cs, ratio, marker="o", ms=3, label=method)
+  cells = [r for r in rows if "swr" in r]
+  for v in dict.fromkeys(variant(r["method"]) for r in cells):
+    sweeps = np.array([[p["ratio"] for p in r["swr"]["sweep"]] for r in cells
+                       if variant(r["method"]) == v])
+    cs = [p["c"] for p in next(r for r in cells if variant(r["method"]) == v)["swr"]["sweep"]]
+    line, = ax.plot(cs, sweeps.mean(0), marker="o", ms=3,
+                    label=f"{VARIANT_LABELS.get(v, v)} ({len(sweeps)} cells)")
+    ax.fill_between(cs, sweeps.min(0), sweeps.max(0), color=line.get_color(), alpha=0.15)
   ax.set_xlabel("target cost c")
   ax.set_ylabel("added parameters / base")
   ax.legend(fontsize=7)
@@ -265,12 +296,16 @@ def main(argv):
   base = build_backbone(BackboneSpec(_BACKBONE.value, alpha=1.0 if _SMOKE.value else 8.0,
                                      input_size=16000, weights="none"))
   base_learned = sum(int(np.prod(v.shape)) for v in base.model.trainable_variables)
+  from k4p1.analysis.cost import multiply_adds
+  mult = multiply_adds(base.model, base.model.input_shape[1:])["total"]
   result["base_learned_parameters"] = base_learned
+  result["base_multiply_adds"] = mult
   result["summary"] = summarize(result["rows"], base_learned)
   common.write_result(_OUT.value, result)
   if _TABLE.value:
     with open(_TABLE.value, "w") as f:
-      f.write(markdown(result["summary"], targets))
+      f.write(markdown(result["summary"], list(dict.fromkeys(r["target"]
+                                                             for r in result["rows"])), mult))
     print(f"wrote {_TABLE.value}")
   if _PLOT_RATIO.value:
     plot_ratio(result["rows"], _PLOT_RATIO.value)
