@@ -31,7 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from k4p1.train.steps import StepMetrics, classification_loss, count_correct, extra_loss
+from k4p1.train.steps import (StepMetrics, apply_groups, classification_loss, count_correct,
+                             extra_loss)
 
 
 class TaskSampler:
@@ -129,13 +130,7 @@ def make_summed_step(strategy, task_models: dict, groups: list, batch_sizes: dic
         total += loss_weights[task] * loss
         losses.append(loss)
         corrects.append(count_correct(logits, labels))
-    grads = tape.gradient(total, variables)
-    start = 0
-    for optimizer, group in groups:
-      pairs = [(g, v) for g, v in zip(grads[start:start + len(group)], group) if g is not None]
-      if pairs:
-        optimizer.apply_gradients(pairs)
-      start += len(group)
+    apply_groups(groups, tape.gradient(total, variables))
     return losses, corrects
 
   @tf.function

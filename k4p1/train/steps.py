@@ -76,10 +76,15 @@ def extra_loss(model, penalty, strategy):
 
 
 def apply_groups(groups, grads):
-  """Applies `grads` (in the order of the groups' variables) with each group's optimizer."""
+  """Applies `grads` (in the order of the groups' variables) with each group's optimizer.
+
+  Variables without a gradient (None: not on this step's path, e.g. a task's variables a joint
+  step's batch did not reach) are left out; a group with none left is skipped."""
   start = 0
   for optimizer, group in groups:
-    optimizer.apply_gradients(zip(grads[start:start + len(group)], group))
+    pairs = [(g, v) for g, v in zip(grads[start:start + len(group)], group) if g is not None]
+    if pairs:
+      optimizer.apply_gradients(pairs)
     start += len(group)
 
 
