@@ -293,8 +293,10 @@ def main(argv):
         common.write_result(_OUT.value, result, quiet=True)
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
-  base = build_backbone(BackboneSpec(_BACKBONE.value, alpha=1.0 if _SMOKE.value else 8.0,
-                                     input_size=16000, weights="none"))
+  # configs/kws.py's widths: BC-ResNet-8 (tau 1 in the smoke), Res15 at its own 45 maps.
+  alpha = 8.0 if _BACKBONE.value == "bc_resnet" and not _SMOKE.value else 1.0
+  base = build_backbone(BackboneSpec(_BACKBONE.value, alpha=alpha, input_size=16000,
+                                     weights="none"))
   base_learned = sum(int(np.prod(v.shape)) for v in base.model.trainable_variables)
   from k4p1.analysis.cost import multiply_adds
   mult = multiply_adds(base.model, base.model.input_shape[1:])["total"]
