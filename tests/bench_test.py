@@ -204,6 +204,18 @@ class BenchSmokeTest(tf.test.TestCase):
       self.assertGreater(v["bytes"], 10_000)
     self.assertLess(row["variants"]["int8"]["bytes"], row["variants"]["float32"]["bytes"] / 2)
 
+  def test_tflite_accuracy_audio_smoke(self):
+    # A keyword spotter: waveform input, float frontend inside the int8 file, no QAT row.
+    kws = os.path.join(REPO_ROOT, "configs", "kws.py") + ":smoke"
+    result = self._run_smoke("tflite_accuracy.py", f"--workdir={smoke_run_workdir(kws)}")
+    (row,) = result["results"]
+    self.assertEqual(set(row["variants"]), {"float32", "dynamic", "int8"})
+    self.assertFalse(result["qat"])
+    self.assertGreaterEqual(row["variants"]["float32"]["agreement_with_keras"], 0.9)
+    for v in row["variants"].values():
+      self.assertBetween(v["accuracy"], 0.0, 1.0)
+    self.assertLess(row["variants"]["int8"]["bytes"], row["variants"]["float32"]["bytes"])
+
   def test_multitask_throughput_smoke(self):
     result = self._run_smoke("multitask_throughput.py")
     self.assertEqual([r["setup"] for r in result["results"]], ["single", "ps_1_worker"])
