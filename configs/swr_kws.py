@@ -17,7 +17,9 @@ ARG: an optional variant, then key=value options, comma separated:
   options:   c (0.3), backbone (bc_resnet | res15), tau (8), weights, data (subset | synthetic
              | tfds | a WAV folder), folds (5), fold (0), bn (stats | affine), staged (true),
              init (zero | supernet), weighting (params | uniform), beta (1.0), epochs (30:
-             each stage's length, as the paper's 30 fine-tuning epochs), lr (0.001), batch (32)
+             each stage's length, as the paper's 30 fine-tuning epochs), supernet / policy /
+             reparam (1.0 each: a stage's length in `epochs`; supernet=0 trains the policy on
+             the base itself, Figure 2a's "without super-net"), lr (0.001), batch (32)
 
 Run:
   python train.py --config=configs/swr_kws.py --mode=params --workdir=/tmp/k4p1_swr
@@ -51,7 +53,8 @@ def swr_patch(c: float, bn: str = "stats", staged: bool = True, init: str = "zer
 def get_config(arg=None):
   a = parse_arg(arg, positional="variant", variant="", c=0.3, backbone="bc_resnet", tau=8.0,
                 weights="none", data="", folds=5, fold=0, bn="stats", staged=True,
-                init="zero", weighting="params", beta=1.0, epochs=30.0, lr=0.001, batch=32)
+                init="zero", weighting="params", beta=1.0, epochs=30.0, lr=0.001, batch=32,
+                supernet=1.0, policy=1.0, reparam=1.0)
   if a.variant not in ("", "smoke"):
     raise ConfigError(f"configs/swr_kws.py: unknown variant {a.variant!r} (smoke, or key=value "
                       f"options).")
@@ -60,7 +63,8 @@ def get_config(arg=None):
   c = kws_base(a.backbone, 1.0 if smoke and a.tau == 8.0 else a.tau, a.weights, a.lr,
                16 if smoke else a.batch)
   c.optimizer.schedule = "cosine"
-  patch = swr_patch(a.c, a.bn, a.staged, a.init, a.weighting, a.beta)
+  stages = {k: getattr(a, k) for k in ("supernet", "policy", "reparam") if getattr(a, k) != 1.0}
+  patch = swr_patch(a.c, a.bn, a.staged, a.init, a.weighting, a.beta, **stages)
   if smoke:
     # The base first learns generated keywords (every weight), then SWR transfers it.
     c.tasks.pretrain = task_config(

@@ -234,6 +234,19 @@ def test_swr_config_rejects_bad_values():
     config_lib.load(f"{CONFIG}:bn=gamma")
 
 
+def test_config_takes_every_ablation_of_the_swr_table():
+  # bench/swr_table.py's variants (Table 2, Figure 2a) as configs/swr_kws.py options.
+  for options, check in (("staged=false", ("staged", False)), ("bn=affine", None),
+                         ("init=supernet", ("init", "supernet")),
+                         ("weighting=uniform", ("weighting", "uniform")),
+                         ("supernet=0", ("supernet", 0.0)), ("policy=3,reparam=0.5", ("policy", 3.0))):
+    (task,) = experiment.resolve(config_lib.load(f"{CONFIG}:c=0.1,{options}")).tasks
+    if check:
+      assert task.patch.option("swr", check[0]) == check[1], options
+    else:
+      assert task.patch.kinds == frozenset({"swr", "scale_bias"})  # + its own classifier
+
+
 def test_params_prints_bc_resnet_8_and_the_cost_weights():
   workdir = tempfile.mkdtemp()
   try:
