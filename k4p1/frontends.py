@@ -174,6 +174,24 @@ def mel_matrix(sample_rate: int, fft_length: int, bands: int, lower_hz: float,
 
 
 @keras.saving.register_keras_serializable(package="k4p1")
+def banded(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """A [bins, bands] filterbank as per-band bin indices and weights [bands, width], width the
+  widest band's support (padded with bin 0 at weight 0): x @ matrix equals
+  sum(x[..., bins] * weights, -1).
+
+  Example:
+    bins, weights = banded(mel_matrix(16000, 512, 40, 20.0, 8000.0))   # [40, width] each
+  """
+  support = [np.flatnonzero(matrix[:, b]) for b in range(matrix.shape[1])]
+  width = max(1, max(len(s) for s in support))
+  bins = np.zeros((matrix.shape[1], width), np.int32)
+  weights = np.zeros((matrix.shape[1], width), np.float32)
+  for b, s in enumerate(support):
+    bins[b, :len(s)] = s
+    weights[b, :len(s)] = matrix[s, b]
+  return bins, weights
+
+
 class LogMelFrontend(keras.layers.Layer):
   """16 kHz waveforms -> log-mel spectrogram [batch, bands, frames, 1], inside the model.
 
@@ -217,6 +235,7 @@ class LogMelFrontend(keras.layers.Layer):
     self.fft_length = 1 << (self.window - 1).bit_length()
     self.mel = mel_matrix(self.sample_rate, self.fft_length, self.bands, self.lower_hz,
                           self.upper_hz)
+    self._band_bins, self._band_weights = banded(self.mel)
     self.augmenting = True  # k4p1.model.recompute_batch_statistics turns it off
 
   def frames(self, samples: int) -> int:
@@ -230,7 +249,11 @@ class LogMelFrontend(keras.layers.Layer):
     frames = tf.gather(x, self._frame_indices(int(x.shape[-1])), axis=1)  # [b, frames, window]
     spectrum = tf.signal.rfft(frames * tf.constant(self._window), [self.fft_length])
     power = tf.math.square(tf.math.real(spectrum)) + tf.math.square(tf.math.imag(spectrum))
-    mel = tf.tensordot(power, tf.constant(self.mel), 1)
+    # Each band's triangle covers a few bins: gather them, weight, sum (as power @ self.mel).
+    # Not a matmul: TFLite's dynamic-range quantization would run a matmul as a hybrid op,
+    # quantizing the power spectrum (a 1e9 dynamic range) to 8 bits; gather, mul and sum stay
+    # float (k4p1.export.tflite keeps them float in int8 files too).
+    mel = tf.reduce_sum(tf.gather(power, self._band_bins, axis=-1) * self._band_weights, -1)
     features = tf.transpose(tf.math.log(mel + 1e-6), [0, 2, 1])[..., None]
     if training and self.augmenting and (self.freq_masks or self.time_masks):
       features = self._spec_augment(features)
