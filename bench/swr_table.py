@@ -238,7 +238,7 @@ def plot_ratio(rows, path):
                        if variant(r["method"]) == v])
     cs = [p["c"] for p in next(r for r in cells if variant(r["method"]) == v)["swr"]["sweep"]]
     line, = ax.plot(cs, sweeps.mean(0), marker="o", ms=3,
-                    label=f"{VARIANT_LABELS.get(v, v)} ({len(sweeps)} cells)")
+                    label=f"{VARIANT_LABELS.get(v, v)} ({len(sweeps)} cell{'s' if len(sweeps) > 1 else ''})")
     ax.fill_between(cs, sweeps.min(0), sweeps.max(0), color=line.get_color(), alpha=0.15)
   ax.set_xlabel("target cost c")
   ax.set_ylabel("added parameters / base")
