@@ -20,7 +20,9 @@ transferred to a real English set and a held-out language.
      to --plot_ratio / --plot_layers.
 
   K4P1_DATA_DIR=../shared/data python bench/swr_table.py --pretrained=/tmp/kws_pretrain \
-      --corpus=/tmp/kws_corpus --folds=0,1,2 --epochs=10
+      --corpus=/tmp/kws_corpus --folds=0,1,2 --epochs=10 --beta=10
+Res15 (pretrained with configs/kws.py:pretrain,backbone=res15): add --backbone=res15 and its own
+--out / --table (the base's parameter count differs).
 Smoke (2 steps per stage, one fold, generated data):
   python bench/swr_table.py --smoke --out=/tmp/s.json --table= --plot_ratio= --plot_layers=
 """
@@ -194,8 +196,9 @@ def markdown(summary, targets, multiply_adds: int) -> str:
   """The table: accuracy (95% half-interval over folds) per target, the folds, the
   parameters relative to one base, the added ratio SWR / TAPS chose, and multiply-adds (every
   method folds into the base's graph)."""
-  lines = ["| method | " + " | ".join(targets) + " | folds (" + " / ".join(targets) + ") | #params | added / base (" +
-           " / ".join(targets) + ") | #mult |",
+  per_target = " / ".join(targets)
+  lines = ["| method | " + " | ".join(targets) + f" | folds ({per_target}) | #params | "
+           f"added / base ({per_target}) | #mult |",
            "|---|" + "---:|" * len(targets) + "---|---:|---|---:|"]
   for e in summary:
     cells, folds, ratios = [], [], []
@@ -237,8 +240,9 @@ def plot_ratio(rows, path):
     sweeps = np.array([[p["ratio"] for p in r["swr"]["sweep"]] for r in cells
                        if variant(r["method"]) == v])
     cs = [p["c"] for p in next(r for r in cells if variant(r["method"]) == v)["swr"]["sweep"]]
+    cells_text = f"{len(sweeps)} cell" + ("s" if len(sweeps) > 1 else "")
     line, = ax.plot(cs, sweeps.mean(0), marker="o", ms=3,
-                    label=f"{VARIANT_LABELS.get(v, v)} ({len(sweeps)} cell{'s' if len(sweeps) > 1 else ''})")
+                    label=f"{VARIANT_LABELS.get(v, v)} ({cells_text})")
     ax.fill_between(cs, sweeps.min(0), sweeps.max(0), color=line.get_color(), alpha=0.15)
   ax.set_xlabel("target cost c")
   ax.set_ylabel("added parameters / base")

@@ -122,7 +122,9 @@ def main(argv):
           f"{n} {100 * v['accuracy']:.2f}% (agree {100 * v['agreement_with_keras']:.1f}%, "
           f"{v['bytes']:,} B)" for n, v in row["variants"].items()), flush=True)
     out = {"benchmark": "tflite_accuracy", "workdir": workdir, "smoke": _SMOKE.value,
-           "backbone": models.base.name, "qat": any("qat_int8" in r["variants"] for r in rows), "qat_steps": _QAT_STEPS.value, "results": rows,
+           "backbone": models.base.name,
+           "qat": any("qat_int8" in r["variants"] for r in rows), "qat_steps": _QAT_STEPS.value,
+           "results": rows,
            "sizes_bytes": sizes, **machine}
     common.write_result(_OUT.value, out)
   finally:

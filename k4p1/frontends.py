@@ -200,9 +200,9 @@ class LogMelFrontend(keras.layers.Layer):
   `bands` HTK mel filters (tf.signal.linear_to_mel_weight_matrix), then log(mel + 1e-6):
   silence gives finite features. The STFT equals tf.signal.stft (tested); its frames are
   gathered by index and transformed by tf.signal.rfft, because every op of that is a TFLite
-  builtin (tf.signal.stft's framing is not), so TFLite files take raw audio too. Defaults: 40 bands, 30 ms / 10 ms (the KWS
-  papers' BC-ResNet and Res15 inputs): one second gives 101 frames. Frequency is the height
-  axis, time the width.
+  builtin (tf.signal.stft's framing is not), so TFLite files take raw audio too. Defaults: 40
+  bands, 30 ms / 10 ms (the KWS papers' BC-ResNet and Res15 inputs): one second gives 101
+  frames. Frequency is the height axis, time the width.
 
   While training (and `augmenting`), SpecAugment masks `freq_masks` random bands of up to
   `freq_mask_bands` bands and `time_masks` spans of up to `time_mask_frames` frames per

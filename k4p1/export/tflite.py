@@ -101,11 +101,12 @@ def tflite_model(models: TaskModels, tasks: list[str], quantization: str = "floa
         # route does it: calibrate, then quantize with the frontend's nodes denylisted.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+        # pylint: disable=protected-access
+        converter._experimental_calibrate_only = True
         calibrated = converter.convert()
         from tensorflow.lite.python import convert as lite_convert
         return lite_convert.mlir_quantize(
-            calibrated, disable_per_channel=converter._experimental_disable_per_channel,  # pylint: disable=protected-access
+            calibrated, disable_per_channel=converter._experimental_disable_per_channel,
             denylisted_nodes=frontend_nodes(calibrated, models, tasks))
       else:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -127,8 +128,8 @@ def frontend_nodes(content: bytes, models, tasks) -> list:
   scope = re.compile(r"(^|/)(" + "|".join(map(re.escape, names)) + r")(_\d+)?/")
   it = interpreter(content)
   details = {d["index"]: d["name"] for d in it.get_tensor_details()}
-  return sorted({details[i] for op in it._get_ops_details() for i in op["outputs"]  # pylint: disable=protected-access
-                 if scope.search(details[i])})
+  ops = it._get_ops_details()  # pylint: disable=protected-access
+  return sorted({details[i] for op in ops for i in op["outputs"] if scope.search(details[i])})
 
 
 def interpreter(content: bytes):
