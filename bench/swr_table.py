@@ -206,6 +206,8 @@ def markdown(summary, targets, multiply_adds: int) -> str:
       s = e.get(t)
       if s is None:
         cells.append("")
+        folds.append("0")
+        ratios.append("-")
         continue
       folds.append(str(len(s["folds"])))
       cells.append(f"{100 * s['mean']:.1f}" + (f" ± {100 * s['ci95_half']:.1f}"
@@ -280,6 +282,14 @@ def main(argv):
   folds = _FOLDS.value[:1] if _SMOKE.value else _FOLDS.value
   targets = _TARGETS.value[:1] if _SMOKE.value else _TARGETS.value
   result = _load(_OUT.value) or {"benchmark": "swr_kws_table", "rows": []}
+  settings = {"epochs_per_stage": _EPOCHS.value, "lr": _LR.value, "backbone": _BACKBONE.value,
+              "beta": _BETA.value, "taps_lam": _TAPS_LAM.value,
+              "taps_score_lr": _TAPS_SCORE_LR.value, "smoke": _SMOKE.value}
+  changed = {k: (result[k], v) for k, v in settings.items() if k in result and result[k] != v}
+  if result["rows"] and changed:
+    raise app.UsageError(f"{_OUT.value} holds cells measured with other settings "
+                         f"(stored, given): {changed}. Give those settings to resume it, or "
+                         f"another --out.")
   result.update({**common.machine(), "smoke": _SMOKE.value, "epochs_per_stage": _EPOCHS.value,
                  "lr": _LR.value, "backbone": _BACKBONE.value, "pretrained": pretrained,
                  "beta": _BETA.value, "taps_lam": _TAPS_LAM.value,

@@ -160,12 +160,21 @@ def main(argv):
   lrs = _LRS.value[:1] if _SMOKE.value else _LRS.value
   taps_regimes = [f"taps_lam{lam}" for lam in _LAMS.value]
   options = f"statistics={_STATISTICS.value}" + (f",score_lr={_SCORE_LR.value:g}"
-                                                 if _SCORE_LR.value else "") + (
-      f",swr_beta={_SWR_BETA.value:g}" if _SWR_BETA.value else "")
+                                                 if _SCORE_LR.value else "")
   out = (None if _SMOKE.value else cells._load(_OUT.value)) or {
       "benchmark": "taps_table", "config": "configs/transfer_table.py", "smoke": _SMOKE.value,
       "backbone": _BACKBONE.value, "options": options, **common.machine(), "rows": [],
       "cell_seconds": {}}
+  # A resumed file keeps its cells: refuse settings they were not measured with.
+  checks = [("options (--statistics, --score_lr)", out.get("options"), options)]
+  if _SWR_CS.value and any(r["regime"].startswith("swr_c") for r in out["rows"]):
+    checks.append(("--swr_beta", out.get("swr_beta", 0.0), _SWR_BETA.value))
+  for what, stored, given in checks:
+    if out["rows"] and stored != given:
+      raise app.UsageError(f"{_OUT.value} holds cells measured with {what} {stored!r}, not "
+                           f"{given!r}: give those to resume it, or another --out.")
+  out["swr_beta"] = _SWR_BETA.value if _SWR_CS.value else out.get("swr_beta", 0.0)
+  options += f",swr_beta={_SWR_BETA.value:g}" if _SWR_BETA.value else ""
   workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="k4p1_taps_")
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
 
@@ -196,7 +205,9 @@ def main(argv):
     for lr in lrs:
       run(d, lr, [tops[d]])
     if _SWR_CS.value:
-      match = round(100 * matched["taps"]["added_parameters"] / shared_parameters())
+      # In % of every base weight (the table's column; SWR's c counts learned weights only,
+      # 1.5% fewer on the dogs MobileNetV2).
+      match = max(1, round(100 * matched["taps"]["added_parameters"] / shared_parameters()))
       swrs[d] = [f"swr_c{int(c)}" for c in dict.fromkeys([*_SWR_CS.value, str(match)])]
       print(f"{d}: SWR at c = {', '.join(str(int(r[5:]) / 100) for r in swrs[d])} (the last: "
             f"TAPS's {match}%)", flush=True)

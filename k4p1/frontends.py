@@ -173,7 +173,6 @@ def mel_matrix(sample_rate: int, fft_length: int, bands: int, lower_hz: float,
         bands, fft_length // 2 + 1, sample_rate, lower_hz, upper_hz).numpy()
 
 
-@keras.saving.register_keras_serializable(package="k4p1")
 def banded(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """A [bins, bands] filterbank as per-band bin indices and weights [bands, width], width the
   widest band's support (padded with bin 0 at weight 0): x @ matrix equals
@@ -192,6 +191,7 @@ def banded(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return bins, weights
 
 
+@keras.saving.register_keras_serializable(package="k4p1")
 class LogMelFrontend(keras.layers.Layer):
   """16 kHz waveforms -> log-mel spectrogram [batch, bands, frames, 1], inside the model.
 

@@ -80,6 +80,28 @@ class FrontendTest(tf.test.TestCase):
     want = np.log(np.abs(stft) ** 2 @ f.mel + 1e-6).transpose(0, 2, 1)[..., None]
     np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-4, atol=1e-3)
 
+  def test_banded_projection_equals_the_matrix_product(self):
+    from k4p1.frontends import banded
+    rng = np.random.RandomState(3)
+    matrix = np.abs(rng.randn(33, 6)).astype(np.float32) * (rng.rand(33, 6) < 0.3)
+    matrix[:, 2] = 0.0  # a band with no bin
+    bins, weights = banded(matrix)
+    x = np.abs(rng.randn(4, 7, 33)).astype(np.float32)
+    got = (x[..., bins] * weights).sum(-1)
+    np.testing.assert_allclose(got, x @ matrix, rtol=1e-5, atol=1e-6)
+    self.assertEqual(bins.shape[1], max(1, int((matrix != 0).sum(0).max())))
+
+  def test_a_model_with_the_frontend_saves_and_loads(self):
+    f = LogMelFrontend(bands=32, freq_masks=1, freq_mask_bands=3)
+    inputs = keras.Input([8000])
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(f(inputs)))
+    path = os.path.join(tempfile.mkdtemp(), "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.RandomState(4).randn(2, 8000).astype(np.float32) * 0.1
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-6)
+    self.assertEqual(loaded.layers[1].bands, 32)
+
   def test_silence_gives_finite_features_and_frames_follow_length(self):
     f = LogMelFrontend()
     out = f(np.zeros((2, 16000), np.float32)).numpy()

@@ -210,7 +210,6 @@ class BenchSmokeTest(tf.test.TestCase):
     result = self._run_smoke("tflite_accuracy.py", f"--workdir={smoke_run_workdir(kws)}")
     (row,) = result["results"]
     self.assertEqual(set(row["variants"]), {"float32", "dynamic", "int8"})
-    self.assertFalse(result["qat"])
     self.assertGreaterEqual(row["variants"]["float32"]["agreement_with_keras"], 0.9)
     for v in row["variants"].values():
       self.assertBetween(v["accuracy"], 0.0, 1.0)

@@ -113,3 +113,15 @@ class StepTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+def test_apply_groups_refuses_a_step_without_any_gradient():
+  import pytest
+  from k4p1.train.steps import apply_groups
+  v = tf.Variable([1.0, 2.0], name="w")
+  opt = keras.optimizers.SGD(0.1)
+  with pytest.raises(ValueError, match="No gradient reaches any trained variable"):
+    apply_groups([(opt, [v])], [None])
+  apply_groups([(opt, [v]), (keras.optimizers.SGD(0.1), [tf.Variable(0.0)])],
+               [tf.constant([1.0, 1.0]), None])  # a group without gradients is skipped
+  np.testing.assert_allclose(v.numpy(), [0.9, 1.9])

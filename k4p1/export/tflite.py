@@ -105,9 +105,10 @@ def tflite_model(models: TaskModels, tasks: list[str], quantization: str = "floa
         converter._experimental_calibrate_only = True
         calibrated = converter.convert()
         from tensorflow.lite.python import convert as lite_convert
-        return lite_convert.mlir_quantize(
+        quantized = lite_convert.mlir_quantize(
             calibrated, disable_per_channel=converter._experimental_disable_per_channel,
             denylisted_nodes=frontend_nodes(calibrated, models, tasks))
+        return lite_convert.deduplicate_readonly_buffers(quantized)  # as convert() does
       else:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
@@ -118,14 +119,16 @@ def tflite_model(models: TaskModels, tasks: list[str], quantization: str = "floa
 
 def frontend_nodes(content: bytes, models, tasks) -> list:
   """Output tensor names of every op of the tasks' audio frontends in a converted model (they
-  carry the frontend layer's name scope, e.g. `k4p1_kws_1/preprocess_1/Log`)."""
+  carry the task model's and the frontend layer's name scopes, e.g.
+  `k4p1_kws_1/preprocess_1/Log`; an image task's frontend of the same name is not matched)."""
   import re
   from k4p1.frontends import LogMelFrontend
-  names = {layer.name for t in tasks for layer in models.tasks[t].model.layers
-           if isinstance(layer, LogMelFrontend)}
-  if not names:
+  scopes = [(models.tasks[t].model.name, layer.name) for t in tasks
+            for layer in models.tasks[t].model.layers if isinstance(layer, LogMelFrontend)]
+  if not scopes:
     return []
-  scope = re.compile(r"(^|/)(" + "|".join(map(re.escape, names)) + r")(_\d+)?/")
+  scope = re.compile("|".join(rf"(^|/){re.escape(m)}(_\d+)?/{re.escape(f)}(_\d+)?/"
+                              for m, f in scopes))
   it = interpreter(content)
   details = {d["index"]: d["name"] for d in it.get_tensor_details()}
   ops = it._get_ops_details()  # pylint: disable=protected-access

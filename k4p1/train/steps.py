@@ -79,7 +79,16 @@ def apply_groups(groups, grads):
   """Applies `grads` (in the order of the groups' variables) with each group's optimizer.
 
   Variables without a gradient (None: not on this step's path, e.g. a task's variables a joint
-  step's batch did not reach) are left out; a group with none left is skipped."""
+  step's batch did not reach) are left out; a group with none left is skipped.
+
+  Raises:
+    ValueError: no variable has a gradient (the loss does not depend on what is trained).
+  """
+  if grads and all(g is None for g in grads):
+    names = [v.path if hasattr(v, "path") else v.name for _, group in groups for v in group]
+    raise ValueError(f"No gradient reaches any trained variable ({len(names)} of them, e.g. "
+                     f"{names[:3]}): the loss does not depend on them. Check the patch and "
+                     f"which variables the phase trains.")
   start = 0
   for optimizer, group in groups:
     pairs = [(g, v) for g, v in zip(grads[start:start + len(group)], group) if g is not None]
