@@ -80,6 +80,17 @@ class FrontendTest(tf.test.TestCase):
     want = np.log(np.abs(stft) ** 2 @ f.mel + 1e-6).transpose(0, 2, 1)[..., None]
     np.testing.assert_allclose(f(x).numpy(), want, rtol=1e-4, atol=1e-3)
 
+  def test_framing_with_a_window_not_a_multiple_of_the_hop(self):
+    # 25 ms / 10 ms: 400-sample frames every 160 samples; a length that is not a hop multiple.
+    x = np.random.RandomState(2).randn(2, 8001).astype(np.float32) * 0.2
+    f = LogMelFrontend(window_ms=25.0)
+    padded = np.pad(x, [(0, 0), (200, 200)])
+    stft = tf.signal.stft(padded, 400, 160, 512, window_fn=tf.signal.hann_window).numpy()
+    want = np.log(np.abs(stft) ** 2 @ f.mel + 1e-6).transpose(0, 2, 1)[..., None]
+    got = f(x).numpy()
+    self.assertEqual(got.shape, (2, 40, f.frames(8001), 1))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
   def test_banded_projection_equals_the_matrix_product(self):
     from k4p1.frontends import banded
     rng = np.random.RandomState(3)
@@ -353,6 +364,11 @@ class ExportTest(tf.test.TestCase):
     data = tflite.tflite_model(self.models, ["kws"], "float32")
     got = tflite.run_tflite(data, "kws", self.x)
     np.testing.assert_allclose(got, self.want, rtol=1e-3, atol=1e-4)
+    # Framing is reshape / slice / concat: no [101, 480] index table in the file (the mel
+    # bands' [40, 31] bin table is the one int32 constant left).
+    tables = [d["name"] for d in tflite.interpreter(data).get_tensor_details()
+              if d["dtype"] == np.int32 and np.prod(d["shape"]) >= 10_000]
+    self.assertEqual(tables, [])
     with self.assertRaisesRegex(Exception, r"waveforms \[n, 16000\]"):
       tflite.run_tflite(data, "kws", self.x[:, :100])
     folded = fold.fold_task(self.models, "kws")
