@@ -11,7 +11,8 @@ transferred to a real English set and a held-out language.
        scale_bias     BN scale, bias and statistics + classifier
        full           fine-tune everything (lr x 0.5)
        taps           TAPS (lam --taps_lam) + task BN + classifier
-       swr_C          SWR at target cost C (two-stage, BN statistics updated, affine frozen)
+       swr_C          SWR at target cost C (two-stage, BN statistics updated, affine frozen;
+                      the costs of one variant share stage 1, --share_stage1)
        ablations:     swr_C_not_staged, swr_C_affine, swr_C_supernet_init, swr_C_uniform,
                       swr_C_no_supernet
   3. writes every cell to --out (resumed: finished cells are kept), the table (mean and spread
@@ -30,12 +31,15 @@ Smoke (2 steps per stage, one fold, generated data):
 import json
 import math
 import os
+import shutil
 import tempfile
 
 import common  # noqa: F401  (puts the repository on the import path)
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from k4p1.train.swr import STAGE1_DIR  # noqa: E402
 
 ROOT = common.REPO_ROOT
 KWS = os.path.join(ROOT, "configs", "kws.py")
@@ -65,6 +69,11 @@ _BETA = flags.DEFINE_float("beta", 1.0, "SWR's cost-loss weight (the paper: 1)."
 _BACKBONE = flags.DEFINE_string("backbone", "bc_resnet", "bc_resnet or res15.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "2 steps per stage, one fold, generated keywords.")
 _WORKDIR = flags.DEFINE_string("workdir", "", "Where cells train ('' = a temporary folder).")
+_SHARE_STAGE1 = flags.DEFINE_bool(
+    "share_stage1", True, "SWR cells differing only in c share one super-net and policy (stage "
+    "1 does not depend on c): the first trains stage 1, the others start from it "
+    "(train.init_from) and train stage 2 only, with the same result as retraining it. "
+    "--noshare_stage1 retrains it per c.")
 
 
 def _load(path):
@@ -115,13 +124,31 @@ def method_arg(method: str, target: str, fold: str, weights: str) -> tuple[str, 
   return KWS, ",".join([f"patch={patch}", f"epochs={_EPOCHS.value}", f"lr={lr}"] + args)
 
 
+def stage1_dir(method, target, fold, workdir) -> str:
+  """Where the SWR cells of one variant, target and fold keep their shared stage 1 ('' when
+  the method has none to share: not SWR, not staged, or --noshare_stage1)."""
+  if not method.startswith("swr_") or variant(method) == "not_staged" or \
+      not _SHARE_STAGE1.value:
+    return ""
+  return os.path.join(workdir, "stage1", f"{variant(method) or 'swr'}_{target}_{fold}")
+
+
 def run_cell(method, target, fold, weights, workdir) -> dict:
   config, arg = method_arg(method, target, fold, weights)
   cell_dir = os.path.join(workdir, f"{method}_{target}_{fold}")
   flags = ["--config.optimizer.schedule=cosine"]
   if _SMOKE.value:
     flags += ["--config.tasks.kws.steps=2"]
-  metrics, seconds = common.run_train(f"{config}:{arg}", cell_dir, flags)
+  shared = stage1_dir(method, target, fold, workdir)
+  reuse = bool(shared) and os.path.isdir(os.path.join(shared, STAGE1_DIR))
+  if reuse:  # another target cost of this variant trained stage 1: train stage 2 only
+    arg += f",stage1={shared}"
+  metrics, seconds = common.run_train(f"{config}:{arg}", cell_dir, flags, keep=bool(shared))
+  if shared:
+    if not reuse:
+      os.makedirs(shared, exist_ok=True)
+      os.replace(os.path.join(cell_dir, STAGE1_DIR), os.path.join(shared, STAGE1_DIR))
+    shutil.rmtree(cell_dir, ignore_errors=True)
   (t,) = [t for t in metrics["tasks"] if t["task"] == "kws"]
   learned = sum(c["learned"] for c in t["components"].values()) if "components" in t else None
   return {"method": method, "target": target, "fold": int(fold), "accuracy": t["accuracy"],
@@ -129,6 +156,7 @@ def run_cell(method, target, fold, weights, workdir) -> dict:
           "train_examples": t["train_examples"], "steps": t["steps_done"],
           "task_specific": t["task_specific"], "learned_task_parameters": learned,
           "shared": t.get("shared"), "seconds": round(seconds, 1),
+          **({"stage1": "shared" if reuse else "trained"} if shared else {}),
           **({"swr": t["swr"]} if "swr" in t else {}),
           **({"taps": {k: t["taps"][k] for k in ("active_layers", "added_parameters")}}
              if "taps" in t else {})}
@@ -290,10 +318,10 @@ def main(argv):
     raise app.UsageError(f"{_OUT.value} holds cells measured with other settings "
                          f"(stored, given): {changed}. Give those settings to resume it, or "
                          f"another --out.")
-  result.update({**common.machine(), "smoke": _SMOKE.value, "epochs_per_stage": _EPOCHS.value,
-                 "lr": _LR.value, "backbone": _BACKBONE.value, "pretrained": pretrained,
-                 "beta": _BETA.value, "taps_lam": _TAPS_LAM.value,
-                 "taps_score_lr": _TAPS_SCORE_LR.value})
+  # Not a setting that changes results: stage 1 does not depend on c, and a run from a shared
+  # stage 1 reproduces the retrained one exactly (tests/swr_test.py); rows say which they did.
+  result.update({**common.machine(), **settings, "pretrained": pretrained,
+                 "share_stage1": _SHARE_STAGE1.value})
   done = {(r["method"], r["target"], r["fold"]) for r in result["rows"]}
   for target in targets:
     for fold in folds:
@@ -305,6 +333,9 @@ def main(argv):
         result["rows"].append(row)
         print(f"{target} fold {fold} {method}: {100 * row['accuracy']:.1f}%", flush=True)
         common.write_result(_OUT.value, result, quiet=True)
+      for method in _METHODS.value:  # this fold's shared stage 1s (a few MB each) are done
+        if stage1_dir(method, target, fold, workdir):
+          shutil.rmtree(stage1_dir(method, target, fold, workdir), ignore_errors=True)
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
   # configs/kws.py's widths: BC-ResNet-8 (tau 1 in the smoke), Res15 at its own 45 maps.

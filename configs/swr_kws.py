@@ -19,7 +19,9 @@ ARG: an optional variant, then key=value options, comma separated:
              init (zero | supernet), weighting (params | uniform), beta (1.0), epochs (30:
              each stage's length, as the paper's 30 fine-tuning epochs), supernet / policy /
              reparam (1.0 each: a stage's length in `epochs`; supernet=0 trains the policy on
-             the base itself, Figure 2a's "without super-net"), lr (0.001), batch (32)
+             the base itself, Figure 2a's "without super-net"), lr (0.001), batch (32),
+             stage1 (the WORKDIR of an SWR run with the same options but another c: start
+             from its super-net and policy, WORKDIR/swr_stage1/kws, and train stage 2 only)
 
 Run:
   python train.py --config=configs/swr_kws.py --mode=params --workdir=/tmp/k4p1_swr
@@ -27,6 +29,9 @@ Run:
   K4P1_DATA_DIR=../shared/data python train.py \
       --config=configs/swr_kws.py:c=0.1,weights=/tmp/kws_pretrain/base.weights.h5 \
       --workdir=/tmp/k4p1_swr_c01
+  # the same super-net and policy at c = 0.5: stage 2 only
+  K4P1_DATA_DIR=../shared/data python train.py --config=configs/swr_kws.py:c=0.5,\
+weights=/tmp/kws_pretrain/base.weights.h5,stage1=/tmp/k4p1_swr_c01 --workdir=/tmp/k4p1_swr_c05
 """
 
 import os
@@ -54,7 +59,7 @@ def get_config(arg=None):
   a = parse_arg(arg, positional="variant", variant="", c=0.3, backbone="bc_resnet", tau=8.0,
                 weights="none", data="", folds=5, fold=0, bn="stats", staged=True,
                 init="zero", weighting="params", beta=1.0, epochs=30.0, lr=0.001, batch=32,
-                supernet=1.0, policy=1.0, reparam=1.0)
+                supernet=1.0, policy=1.0, reparam=1.0, stage1="")
   if a.variant not in ("", "smoke"):
     raise ConfigError(f"configs/swr_kws.py: unknown variant {a.variant!r} (smoke, or key=value "
                       f"options).")
@@ -78,4 +83,6 @@ def get_config(arg=None):
     return c
   c.tasks.kws = task_config(dataset=kws_dataset(data, a.folds, a.fold), patch=patch,
                             epochs=a.epochs)
+  if a.stage1:
+    c.train.init_from = os.path.join(a.stage1, "swr_stage1", "kws")
   return c

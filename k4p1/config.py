@@ -182,6 +182,10 @@ def base_config() -> ml_collections.ConfigDict:
                                 # -1: one pass over the training split, at most 200 batches;
                                 # 0: never recompute
       progress=True,            # progress bar on stderr
+      init_from="",             # a checkpoint to start from when the workdir has none: a
+                                # prefix or a folder (its latest), from a run with the same
+                                # model and phases, e.g. an SWR run's WORKDIR/swr_stage1/<task>
+                                # (another target cost reuses its super-net and policy)
   ))
   c.runtime = ml_collections.ConfigDict(dict(
       strategy="default",       # a registered strategy (k4p1.train.strategies.STRATEGIES)
@@ -380,6 +384,7 @@ class TrainSpec:
   keep_checkpoints: int = 2
   bn_recompute_batches: int = -1
   progress: bool = True
+  init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ written. `run(config, workdir, mode)` is what train.py calls:
 Workdir layout:
   config.json, metrics.json, params.json, checkpoints/, tensorboard/<task>/,
   patches/<task>.k4p1.npz, base.weights.h5 (when a task trained the base), shared_head.npz
-  (when tasks share a classifier), cascade.json (with a cascade), saved_model/
+  (when tasks share a classifier), cascade.json (with a cascade), saved_model/,
+  swr_stage1/<task>/ (SWR: stage 1's end state, for train.init_from at another target cost)
 
 Example:
   spec = resolve(config)                 # ConfigError on any unknown name
@@ -209,6 +210,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
   models = trainer.models
   if mode in ("eval", "export"):
     trainer.restore(require=True)
+  restored = trainer.restore() if mode == "train" else False  # init_from may not fit
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   if mode == "params":
@@ -239,7 +241,7 @@ def run(config, workdir: str, mode: str = "train") -> dict:
 
   train_stats = {}
   if mode == "train":
-    if trainer.restore() and all(trainer.phase_done(p) for p in trainer.phases):
+    if restored and all(trainer.phase_done(p) for p in trainer.phases):
       print(f"{workdir} is already trained ({len(trainer.phases)} phases complete): evaluating "
             f"every task again and rewriting metrics, patch files"
             f"{' and the SavedModel' if spec.export.enabled else ''}. To train from scratch, "

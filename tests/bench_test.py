@@ -123,13 +123,18 @@ class BenchSmokeTest(tf.test.TestCase):
     result = self._run_smoke("swr_table.py", f"--table={out_dir}/t.md",
                              f"--plot_ratio={out_dir}/r.png", f"--plot_layers={out_dir}/l.png",
                              f"--workdir={out_dir}/cells",
-                             "--methods=multilingual,swr_0.3")
+                             "--methods=multilingual,swr_0.3,swr_0.9")
     by = {r["method"]: r for r in result["rows"]}
-    self.assertEqual(set(by), {"multilingual", "swr_0.3"})
+    self.assertEqual(set(by), {"multilingual", "swr_0.3", "swr_0.9"})
     self.assertEqual(by["multilingual"]["learned_task_parameters"], 0)
     swr = by["swr_0.3"]["swr"]
     self.assertEqual(by["swr_0.3"]["steps"], 6)  # three stages of 2 steps
     self.assertEqual(len(swr["layers"]), len(swr["selected"]))
+    # c = 0.9 started from c = 0.3's stage 1: the same policy, then its own stage 2.
+    self.assertEqual((by["swr_0.3"]["stage1"], by["swr_0.9"]["stage1"]), ("trained", "shared"))
+    self.assertEqual(by["swr_0.9"]["swr"]["sweep"], swr["sweep"])
+    self.assertEqual(by["swr_0.9"]["steps"], 6)
+    self.assertFalse(os.listdir(os.path.join(out_dir, "cells", "stage1")))  # removed when done
     for row in result["summary"]:
       self.assertGreaterEqual(row["params_relative"], 1.0)
     for name in ("t.md", "r.png", "l.png"):

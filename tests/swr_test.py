@@ -213,6 +213,59 @@ class StagesTest(tf.test.TestCase):
     self.assertEqual(zeros, {d.path for d in unselected})
     self.assertTrue({d.path for d in selected} <= stored)
 
+  def test_another_cost_starts_from_stage_1_and_trains_stage_2_only(self):
+    from k4p1.train.trainer import Trainer
+    stage1 = swr.stage1_path(self.workdir, "high")
+    first = Trainer(experiment.resolve(_swr_config()), self.workdir)
+    first.restore(require=True)
+    policy = first.models.tasks["high"].auxiliary["policy"]
+    want_policy = [v.numpy() for v in policy.weights]
+    want_gates = swr_patch.decisions(first.models, "high", 0.9)
+    self.assertGreater(want_gates.sum(), swr_patch.decisions(first.models, "high", 0.3).sum())
+    config = _swr_config("swr(supernet=1,policy=1,reparam=1,c=0.9),bn_stats,last_layer")
+    config.train.init_from = stage1
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    experiment.run(config, workdir, "train")
+    config.train.init_from = ""
+    second = Trainer(experiment.resolve(config), workdir)
+    second.restore(require=True)
+    for v, want in zip(second.models.tasks["high"].auxiliary["policy"].weights, want_policy):
+      np.testing.assert_array_equal(v.numpy(), want)  # stage 1 was not trained again
+    layers = swr_patch.swr_layers(swr_patch.task_layers(second.models, "high"))
+    gates = [a for layer in layers for a in layer.active_units]
+    np.testing.assert_array_equal(gates, want_gates)
+    self.assertEqual({p.name: int(second.steps[p.name].numpy()) for p in second.phases},
+                     {"low": 6, "high.supernet": 4, "high.policy": 4, "high.reparam": 4})
+    # The base is the first run's: only task-specific weights moved.
+    for a, b in zip(first.models.base.weights, second.models.base.weights):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+  def test_the_same_cost_from_stage_1_reproduces_the_run(self):
+    # Stage 1 does not depend on c, so sharing it is only a saving: the patch is the same.
+    config = _swr_config()
+    config.train.init_from = swr.stage1_path(self.workdir, "high")
+    workdir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, workdir, ignore_errors=True)
+    experiment.run(config, workdir, "train")
+    with np.load(os.path.join(self.workdir, "patches", "high.k4p1.npz")) as want, \
+        np.load(os.path.join(workdir, "patches", "high.k4p1.npz")) as got:
+      self.assertEqual(sorted(got.files), sorted(want.files))
+      for key in want.files:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+  def test_init_from_errors(self):
+    config = _swr_config()
+    config.train.init_from = os.path.join(self.workdir, "nothing_here")
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    with self.assertRaisesRegex(ConfigError, "no checkpoint there"):
+      experiment.run(config, workdir, "train")
+    other = _swr_config("scale_bias,last_layer")  # another model: variables do not match
+    other.train.init_from = swr.stage1_path(self.workdir, "high")
+    with self.assertRaisesRegex(ConfigError, "does not fit this run's model"):
+      experiment.run(other, workdir, "train")
+    self.assertFalse(os.path.exists(workdir))  # a failed start leaves nothing behind
+
   def test_folds_with_zero_overhead(self):
     from k4p1.train.trainer import Trainer
     trainer = Trainer(experiment.resolve(_swr_config()), self.workdir)

@@ -13,9 +13,12 @@ the one trainer (k4p1.train.trainer):
                    `cost_samples` drawn costs (the first drives the task loss); it needs the
                    policy network only, so the extra costs are nearly free, and without them
                    the policy learned the average c, not its dependence on c.
-  <task>.reparam   starts by binarizing the policy at the target c (softmax(z)[0] >= 0.5) into
-                   each layer's `gate`, and by zeroing every delta (init=zero); then the
-                   trainer's ordinary step: only the selected deltas (and the classifier) move.
+  <task>.reparam   first keeps stage 1's end state in WORKDIR/swr_stage1/<task> (a checkpoint;
+                   the policy is conditioned on c, so a run at another target cost with
+                   train.init_from=that folder skips stage 1), then binarizes the policy at
+                   the target c (softmax(z)[0] >= 0.5) into each layer's `gate` and zeroes
+                   every delta (init=zero); then the trainer's ordinary step: only the
+                   selected deltas (and the classifier) move.
                    A gated-off delta gets an exactly-zero gradient, so Adam leaves it at zero.
 
 Not staged (`swr(staged=false)`): one phase `<task>.joint` trains the policy, the deltas and
@@ -29,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -171,6 +175,14 @@ def make_policy_step(trainer, phase, groups, train_deltas: bool):
   return step, read_extra
 
 
+STAGE1_DIR = "swr_stage1"
+
+
+def stage1_path(workdir: str, task: str) -> str:
+  """Where an SWR run keeps its task's stage-1 checkpoint (written as stage 2 begins)."""
+  return os.path.join(workdir, STAGE1_DIR, task)
+
+
 def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
   """The task's SWR stages as trainer phases (module docstring).
 
@@ -203,6 +215,9 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
                   finish=finish, rate_groups=(("policy", policy_variables, options.policy_lr),))]
 
   def begin_reparam(trainer_, phase):
+    # Stage 1's end state (super-net, policy, BN statistics, classifier): another target cost
+    # starts from it (train.init_from) and trains only its own stage 2.
+    trainer_.write_snapshot(stage1_path(trainer_.workdir, task))
     chosen = decisions(trainer_.models, task, options.c)
     apply_decisions(trainer_.models, task, chosen,
                     zero_deltas="all" if options.init == "zero" else "unselected")
@@ -218,7 +233,8 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
   return phases
 
 
-__all__ = ["hard_gumbel_gates", "cost_loss", "temperature_at", "conditioned_model",
+__all__ = ["STAGE1_DIR", "stage1_path", "hard_gumbel_gates", "cost_loss", "temperature_at",
+           "conditioned_model",
            "make_policy_step", "swr_phases"]
 
 

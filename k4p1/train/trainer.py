@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Optional
@@ -50,6 +51,24 @@ from k4p1.train.strategies import is_chief, is_parameter_server, make_strategy
 # the task's steps) -> [Phase]. k4p1/train/swr.py registers 'swr' (super-net, policy,
 # reparametrization).
 STAGED_KINDS = Registry("staged patch kind")
+
+
+def _find_checkpoint(path: str) -> str:
+  """train.init_from's checkpoint prefix: `path` itself, or a folder's latest checkpoint (a
+  workdir's checkpoints/ too).
+
+  Raises:
+    ConfigError: none there.
+  """
+  for folder in (path, os.path.join(path, "checkpoints")):
+    if os.path.isdir(folder):
+      latest = tf.train.latest_checkpoint(folder)
+      if latest:
+        return latest
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  raise ConfigError(f"train.init_from={path!r}: no checkpoint there. Give a checkpoint prefix "
+                    f"(.../ckpt-12), a folder holding checkpoints, or a workdir.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +238,8 @@ class Trainer:
                               str(self.strategy.cluster_resolver.task_id))
     self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                               max_to_keep=spec.train.keep_checkpoints)
+    self.init_checkpoint = _find_checkpoint(spec.train.init_from) \
+        if spec.train.init_from else ""
 
   def _default_phases(self, with_data: bool) -> list:
     """One phase per task in task order; the multitask tasks share one joint phase."""
@@ -476,8 +497,16 @@ class Trainer:
     return [(phase.name, [v for v in variables if id(v) not in claimed], lr)] + groups
 
   def restore(self, require: bool = False) -> bool:
-    """Restores the latest checkpoint, if any. Returns whether one was restored."""
+    """Restores the latest checkpoint, if any: the workdir's, else (unless `require`)
+    train.init_from's. Returns whether one was restored.
+
+    Raises:
+      FileNotFoundError: `require` and the workdir has no checkpoint.
+      ConfigError: train.init_from's checkpoint does not fit this run's model.
+    """
     latest = self.manager.latest_checkpoint
+    if latest is None and not require and self.init_checkpoint:
+      return self._restore_init()
     if latest is None:
       if require:
         raise FileNotFoundError(
@@ -490,6 +519,35 @@ class Trainer:
     status.assert_existing_objects_matched()
     logging.info("Restored %s", latest)
     return True
+
+  def _restore_init(self) -> bool:
+    path = self.init_checkpoint
+    try:
+      self.checkpoint.restore(path).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+      raise ConfigError(
+          f"train.init_from={self.spec.train.init_from!r}: its checkpoint does not fit this "
+          f"run's model ({str(e).splitlines()[0][:300]}). It must come from a run with the same "
+          f"backbone, tasks, patches and phases (e.g. an SWR run at another target cost).") \
+          from e
+    done = [f"{p.name} ({int(self.steps[p.name].numpy())}/{p.steps})" for p in self.phases
+            if int(self.steps[p.name].numpy())]
+    print(f"Starting from {path}" + (f": phases done {', '.join(done)}" if done else ""),
+          flush=True)
+    return True
+
+  def write_snapshot(self, path: str):
+    """Writes the whole training state (as a checkpoint) to the folder `path`, replacing it:
+    written beside it first, then renamed, so a stopped run leaves the old one or the new.
+    `train.init_from=path` starts another run from it. Only the chief writes."""
+    if not self.is_chief:
+      return
+    tmp = f"{path}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.train.CheckpointManager(self.checkpoint, tmp, max_to_keep=1).save(
+        checkpoint_number=self._checkpoint_number())
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
 
   def _distributed_batches(self, task: str, seed: int):
     """Per-replica batches of `task`'s training data, for this strategy (also PS-ready)."""
