@@ -65,7 +65,7 @@ def main(argv):
   from k4p1 import cluster
   try:
     spec = config_lib.validate(_CONFIG.value)
-    config_lib.check_paths(spec)
+    config_lib.check_paths(spec, _MODE.value, workdir)
     cluster.check(spec.runtime.strategy)
     cluster.check_workers(spec.runtime.strategy, spec.multitask.workers)
     role = cluster.task()

@@ -28,6 +28,7 @@ Smoke (2 steps per stage, one fold, generated data):
   python bench/swr_table.py --smoke --out=/tmp/s.json --table= --plot_ratio= --plot_layers=
 """
 
+import hashlib
 import json
 import math
 import os
@@ -124,30 +125,32 @@ def method_arg(method: str, target: str, fold: str, weights: str) -> tuple[str, 
   return KWS, ",".join([f"patch={patch}", f"epochs={_EPOCHS.value}", f"lr={lr}"] + args)
 
 
-def stage1_dir(method, target, fold, workdir) -> str:
-  """Where the SWR cells of one variant, target and fold keep their shared stage 1 ('' when
-  the method has none to share: not SWR, not staged, or --noshare_stage1)."""
+def stage1_dir(method, target, fold, root) -> str:
+  """Where the SWR cells of one variant, target and fold keep their shared stage 1 under
+  `root` ('' when the method has none to share: not SWR, not staged, or --noshare_stage1)."""
   if not method.startswith("swr_") or variant(method) == "not_staged" or \
       not _SHARE_STAGE1.value:
     return ""
-  return os.path.join(workdir, "stage1", f"{variant(method) or 'swr'}_{target}_{fold}")
+  return os.path.join(root, f"{variant(method) or 'swr'}_{target}_{fold}")
 
 
-def run_cell(method, target, fold, weights, workdir) -> dict:
+def run_cell(method, target, fold, weights, workdir, stage1_root) -> dict:
   config, arg = method_arg(method, target, fold, weights)
   cell_dir = os.path.join(workdir, f"{method}_{target}_{fold}")
   flags = ["--config.optimizer.schedule=cosine"]
   if _SMOKE.value:
     flags += ["--config.tasks.kws.steps=2"]
-  shared = stage1_dir(method, target, fold, workdir)
-  reuse = bool(shared) and os.path.isdir(os.path.join(shared, STAGE1_DIR))
+  shared = stage1_dir(method, target, fold, stage1_root)
+  resumed = os.path.exists(os.path.join(cell_dir, "checkpoints"))  # an interrupted cell
+  reuse = bool(shared) and os.path.isdir(os.path.join(shared, STAGE1_DIR)) and not resumed
   if reuse:  # another target cost of this variant trained stage 1: train stage 2 only
     arg += f",stage1={shared}"
   metrics, seconds = common.run_train(f"{config}:{arg}", cell_dir, flags, keep=bool(shared))
   if shared:
-    if not reuse:
+    kept = os.path.join(cell_dir, STAGE1_DIR)
+    if not reuse and os.path.isdir(kept) and not os.path.isdir(os.path.join(shared, STAGE1_DIR)):
       os.makedirs(shared, exist_ok=True)
-      os.replace(os.path.join(cell_dir, STAGE1_DIR), os.path.join(shared, STAGE1_DIR))
+      os.replace(kept, os.path.join(shared, STAGE1_DIR))
     shutil.rmtree(cell_dir, ignore_errors=True)
   (t,) = [t for t in metrics["tasks"] if t["task"] == "kws"]
   learned = sum(c["learned"] for c in t["components"].values()) if "components" in t else None
@@ -156,7 +159,8 @@ def run_cell(method, target, fold, weights, workdir) -> dict:
           "train_examples": t["train_examples"], "steps": t["steps_done"],
           "task_specific": t["task_specific"], "learned_task_parameters": learned,
           "shared": t.get("shared"), "seconds": round(seconds, 1),
-          **({"stage1": "shared" if reuse else "trained"} if shared else {}),
+          **({"stage1": "shared" if reuse else "trained"} if shared else {}),  # seconds:
+          # a shared cell's count its stage 2 only
           **({"swr": t["swr"]} if "swr" in t else {}),
           **({"taps": {k: t["taps"][k] for k in ("active_layers", "added_parameters")}}
              if "taps" in t else {})}
@@ -323,19 +327,23 @@ def main(argv):
   result.update({**common.machine(), **settings, "pretrained": pretrained,
                  "share_stage1": _SHARE_STAGE1.value})
   done = {(r["method"], r["target"], r["fold"]) for r in result["rows"]}
+  # Shared stage 1s live under a folder named after the settings that make them (a rerun with
+  # other settings in the same --workdir does not pick them up).
+  digest = hashlib.sha256(json.dumps([settings, pretrained], sort_keys=True).encode())
+  stage1_root = os.path.join(workdir, "stage1", digest.hexdigest()[:12])
   for target in targets:
     for fold in folds:
       for method in _METHODS.value:
         if (method, target, int(fold)) in done:
           continue
         row = (multilingual_cell(target, fold, pretrained) if method == "multilingual"
-               else run_cell(method, target, fold, weights, workdir))
+               else run_cell(method, target, fold, weights, workdir, stage1_root))
         result["rows"].append(row)
         print(f"{target} fold {fold} {method}: {100 * row['accuracy']:.1f}%", flush=True)
         common.write_result(_OUT.value, result, quiet=True)
       for method in _METHODS.value:  # this fold's shared stage 1s (a few MB each) are done
-        if stage1_dir(method, target, fold, workdir):
-          shutil.rmtree(stage1_dir(method, target, fold, workdir), ignore_errors=True)
+        if stage1_dir(method, target, fold, stage1_root):
+          shutil.rmtree(stage1_dir(method, target, fold, stage1_root), ignore_errors=True)
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
   # configs/kws.py's widths: BC-ResNet-8 (tau 1 in the smoke), Res15 at its own 45 maps.

@@ -70,6 +70,8 @@ def get_config(arg=None):
   c.optimizer.schedule = "cosine"
   stages = {k: getattr(a, k) for k in ("supernet", "policy", "reparam") if getattr(a, k) != 1.0}
   patch = swr_patch(a.c, a.bn, a.staged, a.init, a.weighting, a.beta, **stages)
+  if a.stage1:  # k4p1.train.swr.STAGE1_DIR (not imported: configs load before TensorFlow)
+    c.train.init_from = os.path.join(a.stage1, "swr_stage1", "kws")
   if smoke:
     # The base first learns generated keywords (every weight), then SWR transfers it.
     c.tasks.pretrain = task_config(
@@ -83,6 +85,4 @@ def get_config(arg=None):
     return c
   c.tasks.kws = task_config(dataset=kws_dataset(data, a.folds, a.fold), patch=patch,
                             epochs=a.epochs)
-  if a.stage1:
-    c.train.init_from = os.path.join(a.stage1, "swr_stage1", "kws")
   return c

@@ -732,8 +732,9 @@ def validate(config) -> ExperimentSpec:
   return spec
 
 
-def check_paths(spec: ExperimentSpec):
-  """Checks that every file the spec names exists (binaries call it before importing TF).
+def check_paths(spec: ExperimentSpec, mode: str = "train", workdir: str = ""):
+  """Checks that every file the spec names exists (binaries call it before importing TF);
+  train.init_from only when `mode` trains a `workdir` that has no checkpoint yet.
 
   Raises:
     ConfigError: naming the field and the missing path.
@@ -747,6 +748,13 @@ def check_paths(spec: ExperimentSpec):
     if path and not (os.path.exists(path) or os.path.exists(path + ".index")):
       raise ConfigError(f"{field} file not found: {path!r}. Check the path (relative paths "
                         f"are read from {os.getcwd()}).")
+  resuming = workdir and os.path.exists(os.path.join(workdir, "checkpoints", "checkpoint"))
+  path = spec.train.init_from
+  if mode == "train" and path and not resuming and not any(
+      os.path.exists(p) for p in (path, path + ".index", path + ".old")):
+    raise ConfigError(f"train.init_from not found: {path!r}. Give a checkpoint prefix, a folder "
+                      f"holding checkpoints (e.g. an SWR run's WORKDIR/swr_stage1/<task>) or a "
+                      f"workdir (relative paths are read from {os.getcwd()}).")
 
 
 MULTITASK_STEPS = ("summed", "sampled")

@@ -198,9 +198,10 @@ class LogMelFrontend(keras.layers.Layer):
   A Hann-windowed STFT (`window_ms` frames every `hop_ms`, a DFT of the next power of two, the
   clip zero-padded by half a window at each end, as torchaudio's `center=True`), its power on
   `bands` HTK mel filters (tf.signal.linear_to_mel_weight_matrix), then log(mel + 1e-6):
-  silence gives finite features. The STFT equals tf.signal.stft (tested); its frames are
-  gathered by index and transformed by tf.signal.rfft, because every op of that is a TFLite
-  builtin (tf.signal.stft's framing is not), so TFLite files take raw audio too. Defaults: 40
+  silence gives finite features. The STFT equals tf.signal.stft (tested); its frames are cut
+  with pad / reshape / slice / concat and transformed by tf.signal.rfft, because every op of
+  that is a TFLite builtin (tf.signal.stft's framing is not), so TFLite files take raw audio
+  too. Defaults: 40
   bands, 30 ms / 10 ms (the KWS papers' BC-ResNet and Res15 inputs): one second gives 101
   frames. Frequency is the height axis, time the width.
 

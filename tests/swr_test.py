@@ -255,16 +255,47 @@ class StagesTest(tf.test.TestCase):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
   def test_init_from_errors(self):
+    stage1 = swr.stage1_path(self.workdir, "high")
+    workdir = os.path.join(tempfile.mkdtemp(), "run")
     config = _swr_config()
     config.train.init_from = os.path.join(self.workdir, "nothing_here")
-    workdir = os.path.join(tempfile.mkdtemp(), "run")
+    with self.assertRaisesRegex(ConfigError, "train.init_from not found"):  # before TF's work
+      config_lib.check_paths(experiment.resolve(config), "train", workdir)
     with self.assertRaisesRegex(ConfigError, "no checkpoint there"):
       experiment.run(config, workdir, "train")
     other = _swr_config("scale_bias,last_layer")  # another model: variables do not match
-    other.train.init_from = swr.stage1_path(self.workdir, "high")
+    other.train.init_from = os.path.join(self.workdir, "checkpoints")  # no settings file
     with self.assertRaisesRegex(ConfigError, "does not fit this run's model"):
       experiment.run(other, workdir, "train")
+    other = _swr_config()
+    other.tasks.high.dataset.classes = "5,6,7,8"  # another task: stage 1 learned other data
+    other.train.init_from = stage1
+    with self.assertRaisesRegex(ConfigError, r"other settings: tasks\.1\.dataset\.classes"):
+      experiment.run(other, workdir, "train")
+    config.train.init_from = self.workdir  # a finished run: nothing left to train
+    with self.assertRaisesRegex(ConfigError, "every phase is already trained"):
+      experiment.run(config, workdir, "train")
     self.assertFalse(os.path.exists(workdir))  # a failed start leaves nothing behind
+
+  def test_snapshots_replace_each_other_whole(self):
+    from k4p1.train.trainer import SNAPSHOT_SETTINGS, Trainer
+    trainer = Trainer(experiment.resolve(_swr_config()), self.workdir, with_data=False)
+    path = os.path.join(tempfile.mkdtemp(), "snap")
+    for _ in range(2):
+      trainer.write_snapshot(path, {"swr": ["c"]})
+    self.assertEqual(sorted(os.listdir(os.path.dirname(path))), ["snap"])  # no .tmp / .old
+    with open(os.path.join(path, SNAPSHOT_SETTINGS)) as f:
+      self.assertEqual(json.load(f)["free_options"], {"swr": ["c"]})
+    self.assertIsNotNone(tf.train.latest_checkpoint(path))
+
+  def test_a_workdir_with_checkpoints_resumes_them_not_init_from(self):
+    config = _swr_config()
+    config.train.init_from = os.path.join(self.workdir, "deleted_since")
+    config_lib.check_paths(experiment.resolve(config), "train", self.workdir)  # not needed
+    from k4p1.train.trainer import Trainer
+    trainer = Trainer(experiment.resolve(config), self.workdir, with_data=False)
+    self.assertTrue(trainer.restore())
+    self.assertTrue(all(trainer.phase_done(p) for p in trainer.phases))
 
   def test_folds_with_zero_overhead(self):
     from k4p1.train.trainer import Trainer

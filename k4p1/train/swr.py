@@ -217,7 +217,7 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
   def begin_reparam(trainer_, phase):
     # Stage 1's end state (super-net, policy, BN statistics, classifier): another target cost
     # starts from it (train.init_from) and trains only its own stage 2.
-    trainer_.write_snapshot(stage1_path(trainer_.workdir, task))
+    trainer_.write_snapshot(stage1_path(trainer_.workdir, task), {"swr": ["c"]})
     chosen = decisions(trainer_.models, task, options.c)
     apply_decisions(trainer_.models, task, chosen,
                     zero_deltas="all" if options.init == "zero" else "unselected")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import shutil
@@ -40,6 +41,7 @@ from k4p1 import data as data_lib
 from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import ExperimentSpec
 from k4p1.errors import ConfigError
+from k4p1.files import atomic_write_text
 from k4p1.model import TaskModels, recompute_batch_statistics
 from k4p1.registry import Registry
 from k4p1.train.optimizers import make_optimizer
@@ -53,14 +55,20 @@ from k4p1.train.strategies import is_chief, is_parameter_server, make_strategy
 STAGED_KINDS = Registry("staged patch kind")
 
 
+SNAPSHOT_SETTINGS = "settings.json"
+# Fields a run started from a snapshot may change: how it logs, checkpoints, exports, runs.
+_FREE_SECTIONS = ("runtime", "export", "cascade", "report")
+_FREE_TRAIN = ("init_from", "progress", "log_every", "checkpoint_every", "keep_checkpoints")
+
+
 def _find_checkpoint(path: str) -> str:
   """train.init_from's checkpoint prefix: `path` itself, or a folder's latest checkpoint (a
-  workdir's checkpoints/ too).
+  workdir's checkpoints/ too; a snapshot stopped while being replaced, its previous copy).
 
   Raises:
     ConfigError: none there.
   """
-  for folder in (path, os.path.join(path, "checkpoints")):
+  for folder in (path, os.path.join(path, "checkpoints"), f"{path}.old"):
     if os.path.isdir(folder):
       latest = tf.train.latest_checkpoint(folder)
       if latest:
@@ -69,6 +77,41 @@ def _find_checkpoint(path: str) -> str:
     return path
   raise ConfigError(f"train.init_from={path!r}: no checkpoint there. Give a checkpoint prefix "
                     f"(.../ckpt-12), a folder holding checkpoints, or a workdir.")
+
+
+def run_settings(spec: ExperimentSpec, free_options: dict) -> dict:
+  """The spec as JSON, less what a run from a snapshot may change (`_FREE_*`, and each patch
+  kind's `free_options`, e.g. {'swr': ['c']})."""
+  def plain(x):
+    if isinstance(x, (frozenset, set)):
+      return sorted(x)
+    raise TypeError(type(x).__name__)
+
+  d = json.loads(json.dumps(dataclasses.asdict(spec), default=plain))
+  for section in _FREE_SECTIONS:
+    d.pop(section, None)
+  for key in _FREE_TRAIN:
+    d["train"].pop(key, None)
+  for task in d["tasks"]:
+    task["patch"]["options"] = [
+        [kind, [kv for kv in values if kv[0] not in free_options.get(kind, ())]]
+        for kind, values in task["patch"]["options"]]
+  return d
+
+
+def _differences(a, b, where=""):
+  """['tasks.0.dataset.fold: 1 != 0', ...] between two JSON values."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [d for k in sorted(set(a) | set(b), key=str)
+            for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))]
+  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}.{i}")]
+  return [] if a == b else [f"{where}: {_short(a)} != {_short(b)}"]
+
+
+def _short(value, width: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= width else text[:width - 3] + "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,8 +281,6 @@ class Trainer:
                               str(self.strategy.cluster_resolver.task_id))
     self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                               max_to_keep=spec.train.keep_checkpoints)
-    self.init_checkpoint = _find_checkpoint(spec.train.init_from) \
-        if spec.train.init_from else ""
 
   def _default_phases(self, with_data: bool) -> list:
     """One phase per task in task order; the multitask tasks share one joint phase."""
@@ -502,11 +543,12 @@ class Trainer:
 
     Raises:
       FileNotFoundError: `require` and the workdir has no checkpoint.
-      ConfigError: train.init_from's checkpoint does not fit this run's model.
+      ConfigError: train.init_from's checkpoint is missing or does not fit this run.
     """
     latest = self.manager.latest_checkpoint
-    if latest is None and not require and self.init_checkpoint:
-      return self._restore_init()
+    init_from = self.spec.train.init_from
+    if latest is None and not require and init_from:
+      return self._restore_init(_find_checkpoint(init_from))
     if latest is None:
       if require:
         raise FileNotFoundError(
@@ -518,36 +560,72 @@ class Trainer:
     status = self.checkpoint.restore(latest)
     status.assert_existing_objects_matched()
     logging.info("Restored %s", latest)
+    if init_from and not require:
+      print(f"Resuming from {latest}: {self.workdir} has checkpoints of its own, so "
+            f"train.init_from is not read.", flush=True)
     return True
 
-  def _restore_init(self) -> bool:
-    path = self.init_checkpoint
+  def _restore_init(self, path: str) -> bool:
+    """Starts from train.init_from's checkpoint `path`: a state between phases of a run with
+    the same settings (but those its snapshot lists as free)."""
+    where = f"train.init_from={self.spec.train.init_from!r}"
+    settings_file = os.path.join(os.path.dirname(path), SNAPSHOT_SETTINGS)
+    if os.path.exists(settings_file):
+      with open(settings_file) as f:
+        stored = json.load(f)
+      diff = _differences(stored["settings"], run_settings(self.spec, stored["free_options"]))
+      if diff:
+        free = ", ".join(f"{k}({', '.join(v)})" for k, v in stored["free_options"].items())
+        raise ConfigError(
+            f"{where} was trained with other settings: {'; '.join(diff[:6])}"
+            f"{' ...' if len(diff) > 6 else ''}. A run may start from it only with the same "
+            f"settings" + (f", but for {free}" if free else "") + ".")
     try:
       self.checkpoint.restore(path).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0]
       raise ConfigError(
-          f"train.init_from={self.spec.train.init_from!r}: its checkpoint does not fit this "
-          f"run's model ({str(e).splitlines()[0][:300]}). It must come from a run with the same "
-          f"backbone, tasks, patches and phases (e.g. an SWR run at another target cost).") \
-          from e
-    done = [f"{p.name} ({int(self.steps[p.name].numpy())}/{p.steps})" for p in self.phases
-            if int(self.steps[p.name].numpy())]
+          f"{where}: its checkpoint does not fit this run's model ({first[:300]}). It must "
+          f"come from a run with the same backbone, tasks, patches and phases (e.g. an SWR "
+          f"run at another target cost).") from e
+    counts = {p.name: (int(self.steps[p.name].numpy()), p.steps) for p in self.phases}
+    midway = [f"{n} {k}/{total}" for n, (k, total) in counts.items() if k and k != total]
+    if midway:
+      raise ConfigError(f"{where}: a state in the middle of phases ({', '.join(midway)}), "
+                        f"not between them. Start from a snapshot taken between phases (an SWR "
+                        f"run's WORKDIR/swr_stage1/<task>), or resume that run's own workdir.")
+    if all(k for k, _ in counts.values()):
+      raise ConfigError(f"{where}: every phase is already trained there; nothing is left to "
+                        f"train. Start from a snapshot taken between phases (an SWR run's "
+                        f"WORKDIR/swr_stage1/<task>).")
+    done = [f"{n} ({k}/{total})" for n, (k, total) in counts.items() if k]
     print(f"Starting from {path}" + (f": phases done {', '.join(done)}" if done else ""),
           flush=True)
     return True
 
-  def write_snapshot(self, path: str):
-    """Writes the whole training state (as a checkpoint) to the folder `path`, replacing it:
-    written beside it first, then renamed, so a stopped run leaves the old one or the new.
-    `train.init_from=path` starts another run from it. Only the chief writes."""
+  def write_snapshot(self, path: str, free_options: dict):
+    """Writes the whole training state (a checkpoint) and the run's settings to the folder
+    `path`, for `train.init_from=path` in another run with the same settings except
+    `free_options` ({kind: [option, ...]}). Replaces an earlier snapshot: written beside it,
+    then swapped in by renames (a stop midway leaves the old one readable as `path`.old).
+    Workers other than the chief write a throw-away copy (every worker takes part in a save)."""
     if not self.is_chief:
+      tmp = os.path.join(self.workdir, "tmp_worker_checkpoints",
+                         str(self.strategy.cluster_resolver.task_id), "snapshot")
+      self.checkpoint.write(tmp)
       return
-    tmp = f"{path}.tmp"
+    tmp, old = f"{path}.tmp", f"{path}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tf.train.CheckpointManager(self.checkpoint, tmp, max_to_keep=1).save(
         checkpoint_number=self._checkpoint_number())
-    shutil.rmtree(path, ignore_errors=True)
+    atomic_write_text(os.path.join(tmp, SNAPSHOT_SETTINGS), json.dumps(
+        {"settings": run_settings(self.spec, free_options),
+         "free_options": {k: list(v) for k, v in free_options.items()}}, indent=1))
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(path):
+      os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
   def _distributed_batches(self, task: str, seed: int):
     """Per-replica batches of `task`'s training data, for this strategy (also PS-ready)."""
