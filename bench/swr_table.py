@@ -159,8 +159,8 @@ def run_cell(method, target, fold, weights, workdir, stage1_root) -> dict:
           "train_examples": t["train_examples"], "steps": t["steps_done"],
           "task_specific": t["task_specific"], "learned_task_parameters": learned,
           "shared": t.get("shared"), "seconds": round(seconds, 1),
-          **({"stage1": "shared" if reuse else "trained"} if shared else {}),  # seconds:
-          # a shared cell's count its stage 2 only
+          # A shared cell's seconds count its stage 2 only.
+          **({"stage1": "shared" if reuse else "trained"} if shared else {}),
           **({"swr": t["swr"]} if "swr" in t else {}),
           **({"taps": {k: t["taps"][k] for k in ("active_layers", "added_parameters")}}
              if "taps" in t else {})}
@@ -342,8 +342,8 @@ def main(argv):
         print(f"{target} fold {fold} {method}: {100 * row['accuracy']:.1f}%", flush=True)
         common.write_result(_OUT.value, result, quiet=True)
       for method in _METHODS.value:  # this fold's shared stage 1s (a few MB each) are done
-        if stage1_dir(method, target, fold, stage1_root):
-          shutil.rmtree(stage1_dir(method, target, fold, stage1_root), ignore_errors=True)
+        if shared := stage1_dir(method, target, fold, stage1_root):
+          shutil.rmtree(shared, ignore_errors=True)
   from k4p1.backbones import build_backbone
   from k4p1.config import BackboneSpec
   # configs/kws.py's widths: BC-ResNet-8 (tau 1 in the smoke), Res15 at its own 45 maps.

@@ -201,9 +201,8 @@ class LogMelFrontend(keras.layers.Layer):
   silence gives finite features. The STFT equals tf.signal.stft (tested); its frames are cut
   with pad / reshape / slice / concat and transformed by tf.signal.rfft, because every op of
   that is a TFLite builtin (tf.signal.stft's framing is not), so TFLite files take raw audio
-  too. Defaults: 40
-  bands, 30 ms / 10 ms (the KWS papers' BC-ResNet and Res15 inputs): one second gives 101
-  frames. Frequency is the height axis, time the width.
+  too. Defaults: 40 bands, 30 ms / 10 ms (the KWS papers' BC-ResNet and Res15 inputs): one
+  second gives 101 frames. Frequency is the height axis, time the width.
 
   While training (and `augmenting`), SpecAugment masks `freq_masks` random bands of up to
   `freq_mask_bands` bands and `time_masks` spans of up to `time_mask_frames` frames per

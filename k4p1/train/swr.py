@@ -234,8 +234,7 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
 
 
 __all__ = ["STAGE1_DIR", "stage1_path", "hard_gumbel_gates", "cost_loss", "temperature_at",
-           "conditioned_model",
-           "make_policy_step", "swr_phases"]
+           "conditioned_model", "make_policy_step", "swr_phases"]
 
 
 STAGED_KINDS.register("swr", swr_phases)
