@@ -10,7 +10,8 @@ The tasks come from a training run or from patch files (no retraining):
 
 Outputs under --out (--formats, comma separated):
   saved_model  saved_model/                 a signature per task (+ `mixed` with --mixed_tasks,
-                                            + `cascade` with --cascade or WORKDIR/cascade.json)
+                                            + the methods' own, e.g. `cascade` from
+                                            WORKDIR/cascade.json or --cascade=FILE)
   serving      serving/models.config, serving/<--model_name>/<--serving_version>/
   tflite       tflite/all_tasks.<q>.tflite (a signature per task) and tflite/<task>.<q>.tflite,
                for each --quantization q in float32, dynamic, int8 (int8 calibrates on
@@ -43,9 +44,14 @@ _BASE_WEIGHTS = flags.DEFINE_string("base_weights", "", "A .weights.h5 of the ba
 _SHARED_HEAD = flags.DEFINE_string(
     "shared_head", "", "The classifier tasks share (last_layer(shared=true)), stored once: "
     "train.py's shared_head.npz (default with --workdir: WORKDIR/shared_head.npz if present).")
-_CASCADE = flags.DEFINE_string(
+_SIGNATURE_FILES = flags.DEFINE_list(
+    "signature_files", [], "KIND=PATH pairs: signatures a method adds from a file it wrote, "
+    "e.g. cascade=RUN/cascade.json (the `cascade` signature). Default with --workdir: what "
+    "the run's methods wrote there.")
+# Shorthand of --signature_files=cascade=PATH, kept for the README's and older commands.
+_SHORTHAND = flags.DEFINE_string(
     "cascade", "", "A cascade.json (train.py writes one with cascade.tasks): the SavedModel gets "
-    "its `cascade` signature (default with --workdir: WORKDIR/cascade.json if present).")
+    "its `cascade` signature (the same as --signature_files=cascade=PATH).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (required).")
 _FORMATS = flags.DEFINE_list("formats", ["saved_model"],
                              "saved_model, serving, tflite, folded.")
@@ -110,7 +116,7 @@ def main(argv):
 
 
 def run(config, patch_paths, base_weights, shared_head=""):
-  from k4p1 import experiment, export
+  from k4p1 import experiment, export, outputs
   from k4p1.export import fold, mixed, patch_files, serving, tflite
   from k4p1.files import atomic_write_bytes
   from k4p1.data import load_task_data
@@ -127,14 +133,18 @@ def run(config, patch_paths, base_weights, shared_head=""):
   out = _OUT.value
   mixed_fn = mixed.mixed_serving_function(models, _MIXED.value) if _MIXED.value else None
   written = []
-  cascade = _CASCADE.value or (os.path.join(_WORKDIR.value, experiment.CASCADE_FILE)
-                               if _WORKDIR.value else "")
-  if _CASCADE.value and not os.path.exists(cascade):
-    raise DeployError(f"--cascade file not found: {cascade!r}.")
-  stages = experiment.cascade_stages(cascade) if cascade else []
+  kinds = outputs.method_signatures(spec, _WORKDIR.value) if _WORKDIR.value else {}
+  given = list(_SIGNATURE_FILES.value) + ([f"cascade={_SHORTHAND.value}"]
+                                          if _SHORTHAND.value else [])
+  for item in given:
+    kind, eq, path = item.partition("=")
+    if not eq or not os.path.exists(path):
+      raise DeployError(f"--signature_files: write KIND=PATH with an existing file. "
+                        f"Received: {item!r}")
+    kinds[kind] = outputs.signature_items(kind, path)
   if "saved_model" in _FORMATS.value:
     written.append(export.export_saved_model(models, tasks, os.path.join(out, "saved_model"),
-                                             mixed=mixed_fn, kinds={"cascade": stages}))
+                                             mixed=mixed_fn, kinds=kinds))
   if "serving" in _FORMATS.value:
     written.append(serving.write_serving_layout(models, tasks, os.path.join(out, "serving"),
                                                 _NAME.value, _VERSION.value, mixed=mixed_fn))

@@ -39,13 +39,14 @@ def main(argv):
   import tensorflow as tf
   from k4p1 import config as config_lib
   from k4p1 import experiment
-  from k4p1.analysis.cascade import Cascade, stratified_split
+  from k4p1.methods.multires.cascade import Cascade, stratified_split
+  from k4p1.methods.multires import CASCADE_FILE
   from k4p1.data import load_task_data
 
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: a train.py workdir of configs/multires.py.")
   workdir = _WORKDIR.value
-  path = os.path.join(workdir, experiment.CASCADE_FILE)
+  path = os.path.join(workdir, CASCADE_FILE)
   if not os.path.exists(path):
     raise app.UsageError(f"{path} not found: train with a config that sets cascade.tasks "
                          f"(configs/multires.py does) first.")

@@ -60,7 +60,7 @@ def main(argv):
   x = keras.layers.GlobalAveragePooling2D()(backbone.model(x))
   base = keras.Model(images, keras.layers.Dense(100)(x), name="base")
   taps = models.add(tiny_task("taps", "taps,scale_bias,last_layer"), num_classes=100)
-  from k4p1.analysis.taps import gated_layers
+  from k4p1.methods.taps.report import gated_layers
   for i, layer in enumerate(gated_layers(models, "taps")):  # half on, with nonzero deltas
     for score, delta in zip(layer.scores, layer.deltas):
       score.assign(0.5 if i % 2 else 0.0)

@@ -50,6 +50,7 @@ def _config(regime, data, smoke):
 
 def _run(regime, data, workdir, smoke):
   from k4p1 import experiment
+  from k4p1.methods.multires import CASCADE_FILE
   metrics = os.path.join(workdir, "metrics.json")
   if not os.path.exists(metrics):
     start = time.time()
@@ -57,7 +58,7 @@ def _run(regime, data, workdir, smoke):
     print(f"{data} {regime}: {time.time() - start:.0f} s", flush=True)
   with open(metrics) as f:
     result = json.load(f)
-  with open(os.path.join(workdir, experiment.CASCADE_FILE)) as f:
+  with open(os.path.join(workdir, CASCADE_FILE)) as f:
     return result, json.load(f)
 
 

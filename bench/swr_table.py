@@ -40,7 +40,7 @@ import common  # noqa: F401  (puts the repository on the import path)
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from k4p1.train.swr import STAGE1_DIR  # noqa: E402
+from k4p1.methods.swr.train import STAGE1_DIR  # noqa: E402
 
 ROOT = common.REPO_ROOT
 KWS = os.path.join(ROOT, "configs", "kws.py")
@@ -287,7 +287,7 @@ def plot_ratio(rows, path):
 
 
 def plot_layers(rows, path):
-  from k4p1.analysis.taps import plot_layer_map
+  from k4p1.methods.taps.report import plot_layer_map
   cell = next((r for r in rows if "swr" in r), None)
   if cell is None:
     return

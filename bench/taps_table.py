@@ -154,7 +154,7 @@ def plot_accuracy(rows, shared, regimes, path):
 
 def main(argv):
   del argv
-  from k4p1.analysis.taps import plot_layer_map
+  from k4p1.methods.taps.report import plot_layer_map
   from k4p1.files import atomic_write_text
   datasets = _DATASETS.value[:1] if _SMOKE.value else _DATASETS.value
   lrs = _LRS.value[:1] if _SMOKE.value else _LRS.value

@@ -1,7 +1,7 @@
 r"""SWR (scalable weight reparametrization) on keyword spotting: the paper's main setting.
 
 A policy network conditioned on a target cost c picks which layers of a pretrained KWS backbone
-get a task-specific weight delta (w + p dw, k4p1/patches/swr.py); training has two stages:
+get a task-specific weight delta (w + p dw, k4p1/methods/swr/kind.py); training has two stages:
 the super-net (every layer reparametrized) then the policy (super-net frozen, c drawn from a
 range), then the reparametrization (policy frozen and binarized at c, fresh zero deltas, only
 the selected ones train). BN: running statistics updated, affine frozen (`bn=stats`, the
@@ -70,7 +70,7 @@ def get_config(arg=None):
   c.optimizer.schedule = "cosine"
   stages = {k: getattr(a, k) for k in ("supernet", "policy", "reparam") if getattr(a, k) != 1.0}
   patch = swr_patch(a.c, a.bn, a.staged, a.init, a.weighting, a.beta, **stages)
-  if a.stage1:  # k4p1.train.swr.STAGE1_DIR (not imported: configs load before TensorFlow)
+  if a.stage1:  # k4p1.methods.swr.train.STAGE1_DIR (not imported: configs load before TensorFlow)
     c.train.init_from = os.path.join(a.stage1, "swr_stage1", "kws")
   if smoke:
     # The base first learns generated keywords (every weight), then SWR transfers it.

@@ -2,7 +2,7 @@ r"""TAPS (Wallingford et al. 2022): training decides which layers become task-sp
 
 Every conv and dense layer of the shared base gets a gated weight delta, w + I(s >= tau) dw,
 and an L1 penalty lam / L * sum|s| switches off the layers whose delta does not pay for itself
-(k4p1/patches/taps.py). The task also gets its own BN (scale_bias, batch statistics, as in the
+(k4p1/methods/taps/kind.py). The task also gets its own BN (scale_bias, batch statistics, as in the
 paper) and classifier.
 
 ARG: an optional variant, then key=value options, comma separated:

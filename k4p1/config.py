@@ -17,7 +17,9 @@ import os
 
 import ml_collections
 
+from k4p1.config_files import config_file, from_json, load, load_module, parse_arg  # noqa: F401
 from k4p1.errors import ConfigError
+from k4p1.plugins import plugin_file, user_plugins
 from k4p1.registry import DeclaredRegistry
 from k4p1.registry import did_you_mean as _did_you_mean
 
@@ -25,24 +27,32 @@ from k4p1.registry import did_you_mean as _did_you_mean
 # runtime.strategy, optimizer.name) are looked up in their registries by
 # k4p1.experiment.resolve, before anything is built or written. This module imports no module
 # that registers entries, so it stays at the bottom of the import graph; `validate` checks the
-# same names against what those modules declare, read from their source (DeclaredRegistry),
-# so that a binary can refuse a typo before TensorFlow loads.
+# same names against what k4p1's modules and the user's plug-ins (k4p1.plugins) declare, read
+# from their source (DeclaredRegistry), so that a binary can refuse a typo before TensorFlow
+# loads.
 _K4P1_DIR = os.path.dirname(os.path.abspath(__file__))
-# registry kind -> (its config field, the package that registers it, how its modules call it);
-# tests/config_test.py keeps each equal to the imported registry.
+# registry kind -> (its config field, how modules register into it); tests/config_test.py
+# keeps each equal to the imported registry.
 DECLARED_REGISTRIES = {
-    "backbone": ("backbone.name", "backbones", ("BACKBONES.register", "register_backbone")),
-    "data source": ("tasks.<task>.dataset.source", "data", ("DATA_SOURCES.register",)),
-    "patch kind": ("tasks.<task>.patch", "patches", ("PATCH_KINDS.register",)),
-    "strategy": ("runtime.strategy", "train", ("STRATEGIES.register",)),
-    "optimizer": ("optimizer.name", "train", ("OPTIMIZERS.register",)),
+    "backbone": ("backbone.name", ("BACKBONES.register", "register_backbone")),
+    "data source": ("tasks.<task>.dataset.source", ("DATA_SOURCES.register",)),
+    "patch kind": ("tasks.<task>.patch", ("PATCH_KINDS.register",)),
+    "strategy": ("runtime.strategy", ("STRATEGIES.register",)),
+    "optimizer": ("optimizer.name", ("OPTIMIZERS.register",)),
+    "sampler": ("multitask.sampler", ("SAMPLERS.register",)),
 }
 
 
-def declared(kind: str) -> DeclaredRegistry:
-  """The names of registry `kind` as k4p1's modules declare them (nothing is imported)."""
-  field, package, spellings = DECLARED_REGISTRIES[kind]
-  return DeclaredRegistry(kind, field, os.path.join(_K4P1_DIR, package), spellings)
+def declared(kind: str, plugins: str = "") -> DeclaredRegistry:
+  """The names of registry `kind` as k4p1's modules and the user's plug-ins (`plugins`, and
+  $K4P1_PLUGINS) declare them; nothing is imported.
+
+  Raises:
+    ConfigError: a plug-in is missing.
+  """
+  field, spellings = DECLARED_REGISTRIES[kind]
+  files = [plugin_file(name) for name in user_plugins(plugins)]
+  return DeclaredRegistry(kind, field, [_K4P1_DIR] + files, spellings)
 
 
 def check_declared_names(spec: "ExperimentSpec"):
@@ -51,14 +61,17 @@ def check_declared_names(spec: "ExperimentSpec"):
   Raises:
     ConfigError: an unknown name, with the same message as the registry's own lookup.
   """
-  declared("backbone").lookup(spec.backbone.name)
-  declared("strategy").lookup(spec.runtime.strategy)
-  declared("optimizer").lookup(spec.optimizer.name)
-  sources, kinds = declared("data source"), declared("patch kind")
+  plugins = ",".join(spec.plugins)
+  declared("backbone", plugins).lookup(spec.backbone.name)
+  declared("strategy", plugins).lookup(spec.runtime.strategy)
+  declared("optimizer", plugins).lookup(spec.optimizer.name)
+  sources, kinds = declared("data source", plugins), declared("patch kind", plugins)
   for task in spec.tasks:
     sources.lookup(task.dataset.source, f"tasks.{task.name}.dataset.source")
     for kind in sorted(task.patch.kinds):
       kinds.lookup(kind, f"tasks.{task.name}.patch")
+
+
 STATISTICS_MODES = ("batch", "frozen", "recompute")
 HEAD_KIND = "last_layer"  # in `task.patch`: train the task's classifier (a head option)
 
@@ -130,6 +143,9 @@ def task_config(**overrides) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   """Every field of an experiment, with the paper's defaults."""
   c = ml_collections.ConfigDict()
+  # The user's plug-in modules (k4p1.plugins): module names or .py paths, comma separated;
+  # they register backbones, data sources, patch kinds, methods, samplers or export formats.
+  c.plugins = ""
   c.backbone = ml_collections.ConfigDict(dict(
       name="mobilenet_v2",  # a registered backbone (k4p1.backbones.BACKBONES)
       alpha=1.0,            # MobileNetV2 width multiplier
@@ -197,11 +213,12 @@ def base_config() -> ml_collections.ConfigDict:
                                 # paper's section 5.3); '' = every task alone, in task_order
       step="summed",            # 'summed': each step takes a batch of every task and sums the
                                 # weighted losses; 'sampled': each step trains one task
-      sampler="proportional",   # for 'sampled': round_robin, proportional (to dataset size) or
+      sampler="proportional",   # for 'sampled': a registered sampler (k4p1/methods/multitask/
+                                # samplers.py): round_robin, proportional (to dataset size),
                                 # annealed (sizes ** (1 / temperature), temperature annealed)
       temperature=2.0,          # annealed sampler: the starting temperature (1 = proportional)
       steps=0,                  # joint steps; 0: the largest task's `epochs` (or `steps`)
-      balance_lr=True,          # the paper's learning-rate balancing (see k4p1.train.joint)
+      balance_lr=True,          # the paper's learning-rate balancing (see k4p1/methods/multitask/joint.py)
       workers="",               # workers per task, e.g. 'cifar10:2,fashion_mnist:1': sampled
                                 # steps go to each task in proportion to its workers (the
                                 # paper's workers assigned to tasks); '' = use `sampler`
@@ -420,6 +437,7 @@ class ExperimentSpec:
   multitask: MultitaskSpec = MultitaskSpec()
   cascade: CascadeSpec = CascadeSpec()
   report: ReportSpec = ReportSpec()
+  plugins: tuple = ()        # the user's plug-in modules (k4p1.plugins)
 
   def task(self, name: str) -> TaskSpec:
     for t in self.tasks:
@@ -525,95 +543,6 @@ def _parse_classes(text, where) -> tuple[int, ...]:
   except ValueError:
     raise ConfigError(f"{where}.classes must be comma-separated integers, e.g. '5,6,7'. "
                       f"Received: {text!r}") from None
-
-
-def load_module(path: str, name: str = ""):
-  """Imports a Python file (a config under configs/) as a module."""
-  import importlib.util
-  if not os.path.exists(path):
-    raise ConfigError(f"Config file not found: {path!r}.")
-  spec = importlib.util.spec_from_file_location(
-      name or os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"{path!r} defines no get_config(): it is not a k4p1 config file.")
-  return module
-
-
-def parse_arg(arg, positional: str = "", **defaults) -> ml_collections.ConfigDict:
-  """A config file's ARG, big_vision style: 'value,key=value,...' with typed defaults.
-
-  Each value takes the type of its default (int, float, bool, str); a bare first value sets
-  `positional`; commas inside parentheses are part of a value (patch=taps(lam=1,tau=0.1)).
-  Unknown keys and bad values fail with a ConfigError.
-
-  Example:
-    parse_arg("full,backbone=inception_v3", positional="regime", regime="scale_bias",
-              backbone="mobilenet_v2")   # -> regime='full', backbone='inception_v3'
-  """
-  out = ml_collections.ConfigDict(defaults)
-  items, depth, current = [], 0, ""
-  for ch in str(arg or ""):  # commas inside parentheses belong to a value: patch=taps(a=1,b=2)
-    depth += (ch == "(") - (ch == ")")
-    if ch == "," and depth == 0:
-      items.append(current)
-      current = ""
-    else:
-      current += ch
-  items.append(current)
-  for i, item in enumerate(x.strip() for x in items if x.strip()):
-    key, eq, value = item.partition("=")
-    if not eq:
-      if i or not positional:
-        raise ConfigError(f"Config argument {item!r} must be key=value (keys: "
-                          f"{', '.join(defaults)}). Received: {arg!r}")
-      key, value = positional, item
-    key = key.strip()
-    if key not in defaults:
-      raise ConfigError(f"Unknown config argument '{key}'.{_did_you_mean(key, defaults)} "
-                        f"Keys: {', '.join(defaults)}. Received: {arg!r}")
-    kind = type(defaults[key])
-    try:
-      out[key] = (value.strip().lower() in ("1", "true", "yes")) if kind is bool \
-          else kind(value.strip())
-    except ValueError:
-      raise ConfigError(f"Config argument {key} must be a {kind.__name__}. "
-                        f"Received: {key}={value!r}") from None
-  return out
-
-
-def config_file(name: str, arg: str = "", near: str = __file__) -> ml_collections.ConfigDict:
-  """get_config(arg) of another config file in the same folder as `near` (for aliases)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(near)), name)
-  module = load_module(path)
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def load(path_and_arg: str, lock: bool = True) -> ml_collections.ConfigDict:
-  """Loads 'configs/NAME.py[:ARG]': get_config(ARG) (or get_config()) of that file.
-
-  The same `FILE:ARG` convention as train.py's --config. With `lock`, a typo in a later
-  override (`config.optimizer.lrr = 1`) raises instead of adding a field.
-
-  Example:
-    config = load("configs/digits.py:smoke")
-  """
-  path, _, arg = str(path_and_arg).partition(":")
-  module = load_module(path)
-  config = module.get_config(arg) if arg else module.get_config()
-  if lock:
-    config.lock()
-  return config
-
-
-def from_json(path: str) -> ml_collections.ConfigDict:
-  """The config a train.py run wrote to its workdir (config.json)."""
-  import json
-  if not os.path.exists(path):
-    raise ConfigError(f"{path} not found: expected a train.py workdir's config.json.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def task_order(config) -> list[str]:
@@ -727,7 +656,8 @@ def validate(config) -> ExperimentSpec:
       optimizer=_section(OptimizerSpec, config.optimizer, "optimizer"),
       data=_section(DataOptions, config.data, "data"),
       train=_section(TrainSpec, config.train, "train"),
-      export=export, cascade=_cascade(config, tasks), report=_report(config))
+      export=export, cascade=_cascade(config, tasks), report=_report(config),
+      plugins=tuple(_names(config.get("plugins", ""))))
   check_declared_names(spec)
   return spec
 
@@ -758,7 +688,6 @@ def check_paths(spec: ExperimentSpec, mode: str = "train", workdir: str = ""):
 
 
 MULTITASK_STEPS = ("summed", "sampled")
-SAMPLERS = ("round_robin", "proportional", "annealed")
 
 
 def _multitask(config, names: list[str]) -> MultitaskSpec:
@@ -779,9 +708,7 @@ def _multitask(config, names: list[str]) -> MultitaskSpec:
                       f"none). Received: {m.tasks!r}")
   if m.step not in MULTITASK_STEPS:
     raise ConfigError(f"multitask.step must be one of {MULTITASK_STEPS}. Received: {m.step!r}")
-  if m.sampler not in SAMPLERS:
-    raise ConfigError(f"multitask.sampler must be one of {SAMPLERS}.{_did_you_mean(m.sampler, SAMPLERS)} "
-                      f"Received: {m.sampler!r}")
+  declared("sampler", config.get("plugins", "")).lookup(m.sampler)  # registered classes
   if m.temperature <= 0 or m.steps < 0:
     raise ConfigError(f"multitask.temperature must be > 0 and multitask.steps >= 0. Received: "
                       f"temperature={m.temperature}, steps={m.steps}")

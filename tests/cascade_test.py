@@ -1,5 +1,5 @@
 """Model cascades: Streeter's greedy construction against brute force, evaluation by hand, and
-bad input (k4p1.analysis.cascade)."""
+bad input (k4p1/methods/multires/cascade.py)."""
 
 import itertools
 import json
@@ -7,8 +7,8 @@ import json
 import numpy as np
 from absl.testing import absltest
 
-from k4p1.analysis import cascade as cascade_lib
-from k4p1.analysis.cascade import Cascade, Stage
+from k4p1.methods.multires import cascade as cascade_lib
+from k4p1.methods.multires.cascade import Cascade, Stage
 
 
 def _probs(confidence, predicted, classes=3):

@@ -151,9 +151,10 @@ class ConfigFilesTest(tf.test.TestCase, parameterized.TestCase):
     from k4p1.data import DATA_SOURCES
     from k4p1.train.optimizers import OPTIMIZERS
     from k4p1.train.strategies import STRATEGIES
+    from k4p1.methods.multitask.samplers import SAMPLERS
     imported = {"backbone": BACKBONES, "data source": DATA_SOURCES,
                 "patch kind": patches.PATCH_KINDS, "strategy": STRATEGIES,
-                "optimizer": OPTIMIZERS}
+                "optimizer": OPTIMIZERS, "sampler": SAMPLERS}
     self.assertEqual(set(imported), set(config_lib.DECLARED_REGISTRIES))
     for kind, registry in imported.items():
       self.assertEqual(sorted(config_lib.declared(kind).names()), sorted(registry.names()), kind)

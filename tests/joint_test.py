@@ -1,4 +1,4 @@
-"""Joint multi-task training (k4p1.train.joint): steps, samplers, rate balancing, end to end."""
+"""Joint multi-task training (k4p1/methods/multitask): steps, samplers, rate balancing, end to end."""
 
 import os
 import shutil
@@ -12,7 +12,9 @@ from k4p1 import config as config_lib
 from k4p1 import experiment
 from k4p1.model import TaskModels
 from k4p1.testing import REPO_ROOT, calibrated_mobilenet_v2, random_images, tiny_config, tiny_task
-from k4p1.train.joint import JointSchedule, TaskSampler, make_summed_step
+from k4p1.methods.multitask import joint as joint_lib
+from k4p1.methods.multitask.joint import JointSchedule, make_summed_step
+from k4p1.methods.multitask.samplers import TaskSampler
 from k4p1.train.steps import StepMetrics, classification_loss
 from k4p1.train.trainer import Trainer
 
@@ -115,10 +117,10 @@ class SamplerAndScheduleTest(tf.test.TestCase):
     trainer = Trainer(experiment.resolve(config), workdir)
     joint = trainer.phases[0]
     # batch 8: 8 and 4 steps per epoch; balanced: both decay every 2 epochs of the longer.
-    self.assertEqual(trainer.joint_decay_steps(joint), {"base": 16, "patched": 16})
+    self.assertEqual(joint_lib.joint_decay_steps(trainer, joint), {"base": 16, "patched": 16})
     config.multitask.balance_lr = False
     trainer = Trainer(experiment.resolve(config), tempfile.mkdtemp())
-    self.assertEqual(trainer.joint_decay_steps(trainer.phases[0]), {"base": 16, "patched": 8})
+    self.assertEqual(joint_lib.joint_decay_steps(trainer, trainer.phases[0]), {"base": 16, "patched": 8})
 
 
 class JointTrainingTest(tf.test.TestCase):
@@ -134,7 +136,7 @@ class JointTrainingTest(tf.test.TestCase):
     trainer = Trainer(experiment.resolve(config), self.workdir)
     (joint,) = trainer.phases
     self.assertEqual(joint.tasks, ("base", "patched"))
-    shared, shared_of, own = trainer.joint_variables(joint)
+    shared, shared_of, own = joint_lib.joint_variables(trainer, joint)
     snapshot = lambda vs: [v.numpy().copy() for v in vs]  # noqa: E731
     moved = lambda vs, before: [not np.array_equal(v.numpy(), b)  # noqa: E731
                                 for v, b in zip(vs, before)]

@@ -15,14 +15,14 @@ import tensorflow as tf
 
 from k4p1 import config as config_lib
 from k4p1 import experiment, export
-from k4p1.analysis import cascade as cascade_lib
-from k4p1.analysis.cascade import Cascade, Stage
+from k4p1.methods.multires import cascade as cascade_lib
+from k4p1.methods.multires.cascade import Cascade, Stage
 from k4p1.analysis.cost import multiply_adds
 from k4p1.backbones import build_backbone, for_sizes
 from k4p1.config import BackboneSpec
 from k4p1.errors import ConfigError, DeployError
 from k4p1.export import patch_files
-from k4p1.export.cascade import cascade_serving_function
+from k4p1.methods.multires.signature import cascade_serving_function
 from k4p1.model import TaskModels, recompute_batch_statistics
 from k4p1.testing import (MULTIRES_SMOKE_CONFIG, REPO_ROOT, calibrated_mobilenet_v2,
                           smoke_run_stdout, smoke_run_workdir, tiny_task)

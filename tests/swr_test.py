@@ -19,9 +19,9 @@ from k4p1.config import base_config, dataset_config, task_config
 from k4p1.errors import ConfigError
 from k4p1.export import fold
 from k4p1.model import TaskModels
-from k4p1.patches import swr as swr_patch
+from k4p1.methods.swr import kind as swr_patch
 from k4p1.testing import REPO_ROOT, calibrated_mobilenet_v2, run_binary, tiny_task
-from k4p1.train import swr
+from k4p1.methods.swr import train as swr
 
 CONFIG = os.path.join(REPO_ROOT, "configs", "swr_kws.py")
 
@@ -278,7 +278,8 @@ class StagesTest(tf.test.TestCase):
     self.assertFalse(os.path.exists(workdir))  # a failed start leaves nothing behind
 
   def test_snapshots_replace_each_other_whole(self):
-    from k4p1.train.trainer import SNAPSHOT_SETTINGS, Trainer
+    from k4p1.train.snapshots import SNAPSHOT_SETTINGS
+    from k4p1.train.trainer import Trainer
     trainer = Trainer(experiment.resolve(_swr_config()), self.workdir, with_data=False)
     path = os.path.join(tempfile.mkdtemp(), "snap")
     for _ in range(2):

@@ -1,4 +1,4 @@
-"""The TAPS patch kind (k4p1/patches/taps.py): gated weight deltas w + I(s >= tau) dw.
+"""The TAPS patch kind (k4p1/methods/taps/kind.py): gated weight deltas w + I(s >= tau) dw.
 
 Numerics against NumPy for every gateable layer type, the straight-through gradient against a
 manual tape, the L1 term, serialization, patch-file size, folding and bad input.
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from k4p1 import experiment, export, patches
-from k4p1.analysis.taps import gated_layers, taps_summary
+from k4p1.methods.taps.report import gated_layers, taps_summary
 from k4p1.backbones import Backbone
 from k4p1.errors import ConfigError
 from k4p1.export import serving_function
@@ -24,7 +24,7 @@ from k4p1.export.fold import fold_task
 from k4p1.export.mixed import mixed_serving_function
 from k4p1.export.tflite import run_tflite, tflite_model
 from k4p1.model import TaskModels
-from k4p1.patches.taps import TapsOptions, TapsPatch, base_kernel, gate, penalty
+from k4p1.methods.taps.kind import TapsOptions, TapsPatch, base_kernel, gate, penalty
 from k4p1.testing import (calibrated_mobilenet_v2, random_images, run_binary, tiny_config,
                           tiny_task)
 from k4p1.train.steps import classification_loss, make_train_step

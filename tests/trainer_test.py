@@ -114,13 +114,13 @@ class PhaseTest(tf.test.TestCase):
     moving = [v for v in models.task_variables("patched") if "moving" in v.name]
     base = [v.numpy().copy() for v in moving]
     recomputed = {}
-    original = trainer._recompute_statistics
+    original = trainer.recompute_statistics
 
     def spy(name, seed, layers=None):
       original(name, seed, layers)
       if layers:  # the before-training recompute: remember what it produced
         recomputed.update({id(v): v.numpy().copy() for v in moving})
-    trainer._recompute_statistics = spy
+    trainer.recompute_statistics = spy
     trainer.train_phase(trainer.phases[0])
     self.assertLen(recomputed, len(moving))  # it ran, before training, on every patched BN
     # Fitted to the target (the random base's deep activations are tiny, so its first layers

@@ -137,3 +137,17 @@ def format_results_table(rows: list[dict]) -> str:
                  f"{r['trainable']:>12,}{r['task_specific']:>12,}"
                  f"{100 * r['share_of_base']:>7.2f}%{size:>12}")
   return "\n".join(lines)
+
+
+def compare_totals(spec, models) -> list[tuple[str, str, dict]]:
+  """[(regime, patch label, report totals)]: this run's tasks as configured ('this run'), then
+  with every task's patch replaced by each of `report.compare`'s (built, not trained)."""
+  from k4p1.assembly import assemble
+  first = models.tasks[next(iter(models.tasks))].spec.patch
+  named = [("this run", patches.label(first), totals(models))]
+  classes = {name: t.num_classes for name, t in models.tasks.items()}
+  for name, patch in spec.report.compare:
+    other = assemble(spec, with_data=False, num_classes=classes,
+                     patch_of=lambda task, patch=patch: patch).models
+    named.append((name, patches.label(patch), totals(other)))
+  return named

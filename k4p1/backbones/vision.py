@@ -10,7 +10,7 @@ import os
 
 import keras
 
-from k4p1.backbones import Backbone, register_backbone, resolve_weights, seeded_initialisation
+from k4p1.backbones.base import Backbone, register_backbone, resolve_weights, seeded_initialisation
 from k4p1.config import BackboneSpec
 from k4p1.errors import ConfigError
 

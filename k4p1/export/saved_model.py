@@ -5,8 +5,9 @@ inside), or for an audio backbone `waveforms`: float32 [batch, samples] at any l
 in [-1, 1]; zero-padded or cut to the model's clip length inside), and returns `probabilities` (float32 [batch, classes]) and `classes` (int64 [batch],
 the arg max). The first task is also `serving_default`.
 
-Signature kinds are registered (SIGNATURE_KINDS: `task`, `mixed`, `cascade`); a new kind is a
-builder (models, tasks) -> [Signature]. A task at its own resolution (multi-resolution) takes
+Signature kinds are registered (SIGNATURE_KINDS: `task` and `mixed` here; methods add theirs,
+e.g. k4p1/methods/multires adds `cascade`); a new kind is a builder (models, items) ->
+[Signature], and a signature may carry assets (files written into the SavedModel). A task at its own resolution (multi-resolution) takes
 images of any size like every other: its signature resizes them to its size.
 
 Example:
@@ -75,10 +76,13 @@ class Signature:
     name: the signature key.
     function: a tf.function with an input signature.
     track: Keras objects the archive must track (their variables).
+    assets: {path inside the SavedModel: JSON-able value} written beside it (e.g.
+      assets.extra/k4p1_cascade.json).
   """
   name: str
   function: Any
   track: list
+  assets: dict = dataclasses.field(default_factory=dict)
 
 
 SIGNATURE_KINDS = Registry("signature kind")
@@ -95,20 +99,6 @@ def mixed_signatures(models: TaskModels, tasks: list[str]) -> list[Signature]:
   """The `mixed` signature over `tasks` (a task id per example; ids are positions in it)."""
   from k4p1.export.mixed import mixed_serving_function
   return [_mixed_signature(mixed_serving_function(models, tasks))] if tasks else []
-
-
-@SIGNATURE_KINDS.register("cascade")
-def cascade_signatures(models: TaskModels, stages: list) -> list[Signature]:
-  """The `cascade` signature over `stages` (k4p1.analysis.cascade.Stage, in order)."""
-  from k4p1.analysis.cascade import Cascade
-  from k4p1.export.cascade import CASCADE_SIGNATURE, cascade_serving_function
-  if not stages:
-    return []
-  serve = cascade_serving_function(models, Cascade(tuple(stages)))
-  return [Signature(CASCADE_SIGNATURE, serve, list(serve.keras_objects))]
-
-
-CASCADE_INDEX = os.path.join("assets.extra", "k4p1_cascade.json")
 
 
 def _mixed_signature(serve) -> Signature:
@@ -134,11 +124,11 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     mixed: optional k4p1.export.mixed.mixed_serving_function(models, tasks): exported as the `mixed`
       signature (images plus a task id per example, routed by task in the graph; task ids are positions
       in its task list).
-    kinds: more signatures by registered kind, {kind: its tasks} (e.g. {"mixed": [...]}, the
-      same as passing `mixed`; {"cascade": [Stage, ...]}).
+    kinds: more signatures by registered kind, {kind: its items} (e.g. {"mixed": [...]},
+      the same as passing `mixed`; {"cascade": [Stage, ...]}).
 
   Writes `assets.extra/k4p1_tasks.json` (TASK_INDEX) inside: class counts and mixed task ids;
-  with a cascade, `assets.extra/k4p1_cascade.json` (CASCADE_INDEX): its stages.
+  and every signature's assets (a cascade's `assets.extra/k4p1_cascade.json`: its stages).
   """
   if not tasks:
     raise ValueError("export_saved_model needs at least one task.")
@@ -150,9 +140,10 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     if t not in models.tasks:
       raise ValueError(f"Cannot export task {t!r}: not a task of this model. "
                        f"Tasks: {sorted(models.tasks)}")
-  for reserved in (MIXED_SIGNATURE, "cascade"):
-    if reserved in tasks:
-      raise ValueError(f"A task named {reserved!r} would clash with the {reserved} "
+  reserved = [MIXED_SIGNATURE] + [k for k in kinds if k != "task"]
+  for name in reserved:
+    if name in tasks:
+      raise ValueError(f"A task named {name!r} would clash with the {name} "
                        f"signature; rename the task.")
   endpoints = signatures(models, {"task": list(tasks), **kinds})
   if mixed is not None:
@@ -168,11 +159,9 @@ def export_saved_model(models: TaskModels, tasks: list[str], path: str,
     os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
     with open(os.path.join(tmp, TASK_INDEX), "w") as f:
       json.dump(task_index(models, list(tasks), mixed_tasks), f, indent=2)
-    if kinds.get("cascade"):
-      from k4p1.analysis.cascade import Cascade
-      definition = Cascade(tuple(kinds["cascade"])).to_json()
-      for stage in definition["stages"]:
-        stage["input_size"] = models.tasks[stage["model"]].input_spec.size
-      with open(os.path.join(tmp, CASCADE_INDEX), "w") as f:
-        json.dump(definition, f, indent=2)
+    for endpoint in endpoints:
+      for name, value in endpoint.assets.items():
+        os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+        with open(os.path.join(tmp, name), "w") as f:
+          json.dump(value, f, indent=2)
   return path

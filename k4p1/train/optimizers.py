@@ -13,10 +13,32 @@ Example:
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from k4p1.registry import Registry
 
 OPTIMIZERS = Registry("optimizer", field="optimizer.name")
+
+
+class CounterSchedule(keras.optimizers.schedules.LearningRateSchedule):
+  """Staircase decay driven by a step variable of k4p1's (a phase's or a task's step counter),
+  not the optimizer's own `iterations` (which loses increments under concurrent
+  parameter-server workers: docs/parameter_server_notes.md).
+
+  lr(step) = initial * decay_rate ** floor(step / decay_steps)
+  """
+
+  def __init__(self, initial: float, decay_steps: int, decay_rate: float, step: tf.Variable):
+    self.initial, self.decay_steps, self.decay_rate = initial, max(1, int(decay_steps)), decay_rate
+    self.step = step
+
+  def __call__(self, _):
+    k = tf.math.floordiv(tf.cast(self.step, tf.float32), float(self.decay_steps))
+    return self.initial * tf.pow(self.decay_rate, k)
+
+  def get_config(self):
+    return {"initial": self.initial, "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate}
 
 
 @keras.saving.register_keras_serializable(package="k4p1")

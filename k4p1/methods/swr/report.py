@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from k4p1.patches.swr import (base_size, decisions, layer_weights, options_of, swr_layers,
-                              task_layers)
+from k4p1.methods.swr.kind import (base_size, decisions, layer_weights, options_of,
+                                   swr_layers, task_layers)
 
 
 def swr_summary(models, task: str, grid=None) -> dict | None:

@@ -4,11 +4,11 @@ Every gateable layer of the shared base (conv, dense; BN excluded) computes with
 
     w' = w + p * dw        (dw zero-initialised; p in {0, 1} per layer)
 
-like TAPS's gated delta (k4p1/patches/taps.py: the same GatedDeltaPatch), but p comes from a
+like TAPS's gated delta (k4p1/patches/delta.py: the same GatedDeltaPatch), but p comes from a
 policy network conditioned on a target cost c, the ratio of added parameters to the base:
 three linear layers with ReLU, c -> two logits per layer, a hard Gumbel-softmax while training
 (temperature cosine-annealed from 2 to 0.5), binarized at 0.5 afterwards. Training has two
-stages (k4p1/train/swr.py):
+stages (train.py, beside this file):
 
   1. super-net: every p = 1; the deltas (and classifier) learn the task. Then the policy: the
      super-net frozen, c drawn from [c_min, c_max] each step, loss = task loss + beta * cost
@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from k4p1.patches.base import PATCH_KINDS, PatchKind
-from k4p1.patches.taps import GATEABLE, GatedDeltaPatch
+from k4p1.patches.delta import GATEABLE, GatedDeltaPatch
 
 WEIGHTINGS = ("params", "uniform")
 INITS = ("zero", "supernet")
@@ -171,7 +171,7 @@ def swr_layers(layers) -> list[SwrPatch]:
 
 
 # ---------------------------------------------------------------------------
-# The policy network and its decisions (training is k4p1/train/swr.py's).
+# The policy network and its decisions (training is train.py's, beside this file).
 
 
 def build_policy(units: int, hidden: int = 64, seed: int = 0) -> keras.Model:

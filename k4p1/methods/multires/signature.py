@@ -1,4 +1,4 @@
-"""The `cascade` serving signature: a model cascade (k4p1.analysis.cascade) run in the graph
+"""The `cascade` serving signature: a model cascade (cascade.py) run in the graph
 with per-example early exit.
 
 Every stage resizes the original images of the examples still undecided to its task's
@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from k4p1.analysis.cascade import Cascade
+import os
+
 from k4p1.errors import DeployError
+from k4p1.export.saved_model import SIGNATURE_KINDS, Signature
+from k4p1.methods.multires.cascade import Cascade
 
 CASCADE_SIGNATURE = "cascade"
+CASCADE_INDEX = os.path.join("assets.extra", "k4p1_cascade.json")
 
 
 def check_cascade(models, cascade: Cascade):
@@ -79,3 +83,18 @@ def cascade_serving_function(models, cascade: Cascade):
   serve.cascade = cascade
   serve.keras_objects = list(dict.fromkeys(m for m, _, _ in stages))
   return serve
+
+
+@SIGNATURE_KINDS.register("cascade")
+def cascade_signatures(models, stages: list) -> list[Signature]:
+  """The `cascade` signature over `stages` (cascade.Stage, in order), carrying its definition
+  as assets.extra/k4p1_cascade.json (CASCADE_INDEX) with each stage's input size."""
+  if not stages:
+    return []
+  cascade = Cascade(tuple(stages))
+  serve = cascade_serving_function(models, cascade)
+  definition = cascade.to_json()
+  for stage in definition["stages"]:
+    stage["input_size"] = models.tasks[stage["model"]].input_spec.size
+  return [Signature(CASCADE_SIGNATURE, serve, list(serve.keras_objects),
+                    assets={CASCADE_INDEX: definition})]

@@ -13,7 +13,7 @@ from typing import Optional
 
 from k4p1.files import atomic_write_bytes
 from k4p1.model import TaskModels
-from k4p1.patches.taps import TapsPatch
+from k4p1.methods.taps.kind import TapsPatch
 
 
 def gated_layers(models: TaskModels, name: str) -> list[TapsPatch]:

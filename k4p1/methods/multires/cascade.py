@@ -15,7 +15,7 @@ at least as accurate as the reference model (the most accurate one, by default) 
 `tolerance` on the validation split: the accuracy it loses (or gains) against the reference on
 the examples it decides is drawn from (or added to) a budget of tolerance x N correct answers,
 and the reference itself at threshold 0 is always admissible, so the construction always ends.
-Everything here is NumPy on precomputed predictions; k4p1.export.cascade serves a cascade.
+Everything here is NumPy on precomputed predictions; signature.py serves a cascade.
 
 Example:
   cascade = greedy_cascade(probabilities, labels, costs, tolerance=0.0)

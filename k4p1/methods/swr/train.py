@@ -1,7 +1,7 @@
 """SWR's training: the policy network, hard Gumbel-softmax gates, the cost loss and the stages.
 
-The patch kind (k4p1/patches/swr.py) declares the layers; this module trains them, as phases of
-the one trainer (k4p1.train.trainer):
+The patch kind (kind.py) declares the layers; this module trains them, as phases of the one
+trainer (k4p1.train.trainer):
 
   <task>.supernet  every gate 1: the deltas and the classifier learn the task (the trainer's
                    ordinary step; BN as the task's other kinds say).
@@ -40,11 +40,12 @@ import tensorflow as tf
 
 from k4p1.errors import ConfigError
 from k4p1.patches.conditioning import clone_with_condition
-from k4p1.patches.swr import (SwrOptions, SwrPatch, apply_decisions, base_size, decisions,
-                              layer_weights, options_of, reparametrize_probability, swr_layers,
-                              task_layers, unit_sizes)
+from k4p1.methods.swr.kind import (SwrOptions, SwrPatch, apply_decisions, base_size,
+                                   decisions, layer_weights, options_of,
+                                   reparametrize_probability, swr_layers, task_layers,
+                                   unit_sizes)
 from k4p1.train.steps import apply_groups, classification_loss, count_correct, extra_loss
-from k4p1.train.trainer import STAGED_KINDS, Phase
+from k4p1.train.phase import Phase
 
 
 def hard_gumbel_gates(logits, temperature, seed):
@@ -235,6 +236,3 @@ def swr_phases(trainer, task: str, options: SwrOptions, steps: int) -> list:
 
 __all__ = ["STAGE1_DIR", "stage1_path", "hard_gumbel_gates", "cost_loss", "temperature_at",
            "conditioned_model", "make_policy_step", "swr_phases"]
-
-
-STAGED_KINDS.register("swr", swr_phases)
